@@ -1,0 +1,298 @@
+"""Datasets as uint8 tensors: IDX files through torchvision, the Kaggle CSV form, stratified splits.
+
+Data flows one way: files -> `Splits` (CPU uint8 tensors) -> `DataModule` puts them on the
+training device -> `DeviceBatches` slices batches from them, with no per-sample Python work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torchvision.datasets import MNIST, FashionMNIST
+from torchvision.datasets.utils import check_integrity
+
+from fmnist_lab.errors import UserError
+
+DATA_ENV = "FMNIST_LAB_DATA"
+
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+MNIST_CLASSES = [str(d) for d in range(10)]
+
+# Per dataset: torchvision class, class names, and the sub-folders of a data directory where
+# its four .gz files may sit (the layout of shared/data, and torchvision's own layout).
+IDX_DATASETS = {
+    "fashion_mnist": (FashionMNIST, FASHION_CLASSES, ("fashion-mnist", "FashionMNIST/raw")),
+    "mnist": (MNIST, MNIST_CLASSES, ("mnist", "MNIST/raw")),
+}
+PRETTY = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "fashion_mnist_csv": "Fashion-MNIST"}
+
+
+@dataclass
+class Splits:
+    """Train / validation / test images (uint8, N x 1 x 28 x 28) and labels (int64, N)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str] = field(default_factory=lambda: list(FASHION_CLASSES))
+
+    @property
+    def mean(self) -> float:
+        """Pixel mean of the training split on the 0..1 scale."""
+        return self.train_x.float().mean().item() / 255
+
+    @property
+    def std(self) -> float:
+        """Pixel standard deviation of the training split on the 0..1 scale."""
+        return self.train_x.float().std().item() / 255
+
+
+def load_splits(cfg) -> Splits:
+    """Load the dataset named by `cfg.name` and carve the validation split out of training.
+
+    `cfg` is the `data` config group: name, root, cache_dir, val_size, split_seed,
+    train_fraction (and train_file / test_file for the CSV form).
+    """
+    if cfg.name in IDX_DATASETS:
+        (train_x, train_y), (test_x, test_y) = _load_idx(cfg.name, cfg.root, cfg.cache_dir)
+        classes = IDX_DATASETS[cfg.name][1]
+    elif cfg.name == "fashion_mnist_csv":
+        root = _data_root(cfg.root)
+        if root is None:
+            raise UserError(
+                f"the CSV dataset needs a directory: set data.root= or {DATA_ENV} to the folder "
+                f"holding {cfg.train_file} and {cfg.test_file}"
+            )
+        train_x, train_y = read_csv(root / cfg.train_file)
+        test_x, test_y = read_csv(root / cfg.test_file)
+        classes = FASHION_CLASSES
+    else:
+        names = ", ".join([*IDX_DATASETS, "fashion_mnist_csv"])
+        raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {names}")
+
+    if not 0 <= cfg.val_size < len(train_y):
+        raise UserError(
+            f"data.val_size={cfg.val_size} must be between 0 and {len(train_y) - 1}, "
+            f"the number of training images less one"
+        )
+    train_idx, val_idx = stratified_split(train_y, cfg.val_size, cfg.split_seed)
+    if not 0 < cfg.train_fraction <= 1:
+        raise UserError(f"data.train_fraction={cfg.train_fraction} must be in (0, 1]")
+    if cfg.train_fraction < 1:
+        drop = len(train_idx) - max(1, round(cfg.train_fraction * len(train_idx)))
+        keep, _ = stratified_split(train_y[train_idx], drop, cfg.split_seed + 1)
+        train_idx = train_idx[keep]
+    return Splits(
+        train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
+        test_x, test_y, classes,
+    )  # fmt: skip
+
+
+def stratified_split(y: torch.Tensor, n_holdout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices of `y` into (kept, held out), the held-out part with `y`'s class shares.
+
+    Each class gives floor(share * n_holdout) images; the few left over go to the classes
+    with the largest remainders, so the held-out size is exactly `n_holdout`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=generator)
+    classes, counts = y.unique(return_counts=True)
+    exact = counts.double() * n_holdout / len(y)
+    take = exact.floor().long()
+    leftover = n_holdout - int(take.sum())
+    take[(exact - take).argsort(descending=True, stable=True)[:leftover]] += 1
+    shuffled = y[perm]
+    held = torch.cat([perm[shuffled == c][:k] for c, k in zip(classes, take, strict=True)])
+    mask = torch.ones(len(y), dtype=torch.bool)
+    mask[held] = False
+    return mask.nonzero().squeeze(1), held.sort().values
+
+
+def _data_root(root: str | None) -> Path | None:
+    root = root or os.environ.get(DATA_ENV) or None
+    return Path(root).expanduser() if root else None
+
+
+def _load_idx(name: str, root: str | None, cache_dir: str):
+    """Return ((train_x, train_y), (test_x, test_y)) through torchvision's dataset class."""
+    cls, _, subdirs = IDX_DATASETS[name]
+    cache = Path(cache_dir).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    local = _data_root(root)
+    # torchvision extracts into <cache>/<Class>/raw; a lock keeps parallel workers from
+    # extracting the same files at once.
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if local is not None:
+            _stage_local_files(cls, name, local, subdirs, cache / cls.__name__ / "raw")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                train = cls(str(cache), train=True, download=True)
+                test = cls(str(cache), train=False, download=True)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            files = ", ".join(fname for fname, _ in cls.resources)
+            raise UserError(
+                f"could not download {PRETTY[name]} ({err}); offline, set {DATA_ENV} or "
+                f"data.root= to a directory holding {files}"
+            ) from None
+    return (
+        (train.data.unsqueeze(1).contiguous(), train.targets.long()),
+        (test.data.unsqueeze(1).contiguous(), test.targets.long()),
+    )
+
+
+def _stage_local_files(cls, name: str, local: Path, subdirs, raw: Path) -> None:
+    """MD5-check the four .gz files under `local` and copy them where torchvision looks."""
+    names = [fname for fname, _ in cls.resources]
+    candidates = [local, *(local / sub for sub in subdirs)]
+    source = next((d for d in candidates if all((d / f).is_file() for f in names)), None)
+    if source is None:
+        raise UserError(
+            f"{PRETTY[name]} files not found in {local}: expected {', '.join(names)} there "
+            f"(or in its {subdirs[0]}/ folder); set {DATA_ENV} or data.root= to that directory"
+        )
+    raw.mkdir(parents=True, exist_ok=True)
+    for fname, md5 in cls.resources:
+        if not check_integrity(str(source / fname), md5):
+            raise UserError(
+                f"{source / fname} fails its MD5 check (expected {md5}): "
+                f"the file is damaged or not the official {PRETTY[name]} file"
+            )
+        target = raw / fname
+        if not check_integrity(str(target), md5):
+            shutil.copyfile(source / fname, target)
+            # A stale extracted copy beside it would be trusted by torchvision: drop it.
+            target.with_suffix("").unlink(missing_ok=True)
+
+
+def read_csv(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read the Kaggle form (header, then `label,pixel1..pixel784` per row) as uint8 tensors.
+
+    Errors name the line (1 is the header) and the column of the first bad cell.
+    """
+    if not path.is_file():
+        raise UserError(f"CSV file {path} not found; set data.root= or {DATA_ENV} to its folder")
+    lines = path.read_text().splitlines()
+    if not lines:
+        raise UserError(f"{path} is empty; expected a header line label,pixel1,...,pixel784")
+    header = [h.strip() for h in lines[0].split(",")]
+    if len(header) != 785:
+        raise UserError(
+            f"{path} line 1: the header has {len(header)} columns, expected 785 "
+            f"(label,pixel1..pixel784)"
+        )
+    for number, line in enumerate(lines[1:], start=2):
+        if line.count(",") != 784:
+            raise UserError(
+                f"{path} line {number}: {line.count(',') + 1} columns, expected 785"
+            )
+    try:
+        table = np.loadtxt(lines[1:], delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError:
+        _raise_first_non_integer(path, lines, header)
+    bad = np.argwhere((table[:, 1:] < 0) | (table[:, 1:] > 255))
+    if len(bad):
+        row, col = bad[0]
+        raise UserError(
+            f"{path} line {row + 2}, column {header[col + 1]}: pixel value "
+            f"{table[row, col + 1]} is outside 0..255"
+        )
+    bad = np.argwhere((table[:, 0] < 0) | (table[:, 0] > 9))
+    if len(bad):
+        row = bad[0][0]
+        raise UserError(
+            f"{path} line {row + 2}, column {header[0]}: label {table[row, 0]} is outside 0..9"
+        )
+    images = torch.from_numpy(table[:, 1:].astype(np.uint8)).reshape(-1, 1, 28, 28)
+    return images.contiguous(), torch.from_numpy(table[:, 0].copy())
+
+
+def _raise_first_non_integer(path: Path, lines: list[str], header: list[str]) -> None:
+    # Only reached on the error path, so a slow scan that finds the exact cell is fine.
+    for number, line in enumerate(lines[1:], start=2):
+        for column, cell in zip(header, line.split(","), strict=True):
+            try:
+                int(cell)
+            except ValueError:
+                raise UserError(
+                    f"{path} line {number}, column {column}: {cell.strip()!r} is not an integer"
+                ) from None
+    raise UserError(f"{path} could not be parsed as integers")
+
+
+class DeviceBatches:
+    """Batches sliced from tensors already on the training device; a new order each epoch."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        # Training drops a ragged last batch (a batch of one breaks batch norm); the next
+        # epoch's permutation puts those images back in play.
+        self.drop_last = shuffle and len(x) >= batch_size
+
+    def __len__(self) -> int:
+        n, b = len(self.x), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.x, self.y
+        if self.shuffle:
+            perm = torch.randperm(len(x), generator=self.generator).to(x.device)
+            x, y = x[perm], y[perm]
+        for i in range(len(self)):
+            s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            yield x[s], y[s]
+
+
+class DataModule(pl.LightningDataModule):
+    """Hands Lightning the splits as `DeviceBatches` on the trainer's device."""
+
+    def __init__(self, splits: Splits, batch_size: int, eval_batch_size: int, seed: int = 0):
+        super().__init__()
+        self.splits, self.batch_size, self.eval_batch_size = splits, batch_size, eval_batch_size
+        self.seed = seed
+        self._train_batches: DeviceBatches | None = None
+
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        s = self.splits
+        for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+            setattr(s, name, getattr(s, name).to(device))
+
+    def train_dataloader(self) -> DeviceBatches:
+        # One object for the whole fit, so its generator yields a new order every epoch.
+        if self._train_batches is None:
+            s = self.splits
+            self._train_batches = DeviceBatches(
+                s.train_x, s.train_y, self.batch_size, shuffle=True, seed=self.seed
+            )
+        return self._train_batches
+
+    def val_dataloader(self) -> DeviceBatches:
+        return DeviceBatches(self.splits.val_x, self.splits.val_y, self.eval_batch_size)
+
+    def test_dataloader(self) -> DeviceBatches:
+        return DeviceBatches(self.splits.test_x, self.splits.test_y, self.eval_batch_size)

@@ -1,0 +1,132 @@
+"""The parametric CNN family the sweeps search over."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class ConvBlock(nn.Module):
+    """`convs` x (conv, batch norm, ReLU), an optional residual shortcut, pooling, dropout."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int,
+        convs: int,
+        batch_norm: bool,
+        residual: bool,
+        pool: str,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(convs):
+            layers.append(
+                nn.Conv2d(cin if i == 0 else cout, cout, kernel_size, padding=kernel_size // 2,
+                          bias=not batch_norm)
+            )  # fmt: skip
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            # With a residual shortcut the last ReLU comes after the addition.
+            if not (residual and i == convs - 1):
+                layers.append(nn.ReLU(inplace=True))
+        self.body = nn.Sequential(*layers)
+        self.shortcut: nn.Module | None = None
+        if residual:
+            self.shortcut = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
+        pools = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2), "none": nn.Identity()}
+        if pool not in pools:
+            raise ValueError(f"pool must be one of {', '.join(pools)}, not '{pool}'")
+        self.pool = pools[pool]
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        if self.shortcut is not None:
+            out = torch.relu(out + self.shortcut(x))
+        return self.dropout(self.pool(out))
+
+
+class ConvNet(nn.Module):
+    """Conv blocks (one per entry of `filters`), then a flatten or global-pooling head.
+
+    `dropout` and `pool` take one value for every block or a list with one per block.
+    `fc` lists the hidden FC sizes of the head; an empty list goes straight to the classes.
+    Raises ValueError when the blocks pool the image below 1 x 1.
+    """
+
+    def __init__(
+        self,
+        filters: Sequence[int] = (32, 64),
+        kernel_size: int = 3,
+        convs_per_block: int = 1,
+        batch_norm: bool = True,
+        dropout: float | Sequence[float] = 0.0,
+        pool: str | Sequence[str] = "max",
+        residual: bool = False,
+        head: str = "flatten",
+        fc: Sequence[int] = (128,),
+        fc_dropout: float = 0.0,
+        in_channels: int = 1,
+        image_size: int = 28,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        filters = list(filters)
+        if not filters or min(filters) < 1:
+            raise ValueError("filters must list at least one block, each with >= 1 filter")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive, not {kernel_size}")
+        dropouts = _per_block(dropout, len(filters), "dropout")
+        pools = _per_block(pool, len(filters), "pool")
+        size = image_size
+        for p in pools:
+            size = size // 2 if p != "none" else size
+        if size < 1:
+            allowed = image_size.bit_length() - 1
+            raise ValueError(
+                f"{sum(p != 'none' for p in pools)} poolings shrink a {image_size}x{image_size} "
+                f"image below 1x1; at most {allowed} fit"
+            )
+        if head not in ("flatten", "gap"):
+            raise ValueError(f"head must be 'flatten' or 'gap', not '{head}'")
+
+        blocks = []
+        cin = in_channels
+        for cout, drop, p in zip(filters, dropouts, pools, strict=True):
+            blocks.append(
+                ConvBlock(cin, cout, kernel_size, convs_per_block, batch_norm, residual, p, drop)
+            )
+            cin = cout
+        self.features = nn.Sequential(*blocks)
+
+        head_layers: list[nn.Module] = []
+        if head == "gap":
+            head_layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+            width = cin
+        else:
+            head_layers.append(nn.Flatten())
+            width = cin * size * size
+        for hidden in fc:
+            head_layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+            if fc_dropout:
+                head_layers.append(nn.Dropout(fc_dropout))
+            width = hidden
+        head_layers.append(nn.Linear(width, num_classes))
+        self.head = nn.Sequential(*head_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _per_block(value, blocks: int, name: str) -> list:
+    if isinstance(value, str | int | float):
+        return [value] * blocks
+    values = list(value)
+    if len(values) != blocks:
+        raise ValueError(f"{name} lists {len(values)} values for {blocks} blocks")
+    return values

@@ -1,0 +1,120 @@
+"""The LightningModule every run trains."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from fmnist_lab.augment import BatchAugment
+
+SCHEDULES = ("none", "cosine", "onecycle")
+
+
+class Classifier(pl.LightningModule):
+    """Cross-entropy training of `net` on uint8 batches, normalised and augmented on device.
+
+    `optimizer` is a partial taking the parameters (Hydra's `_partial_: true`); `schedule` is
+    one of none / cosine / onecycle, stepped every batch over the whole run. Metrics are
+    aggregated over the epoch on the device and logged once per epoch:
+    train_loss, train_acc, val_loss, val_acc, test_loss, test_acc.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+        mean: float,
+        std: float,
+        schedule: str = "none",
+        pct_start: float = 0.25,
+        augment: BatchAugment | None = None,
+        label_smoothing: float = 0.0,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not '{schedule}'")
+        self.net, self.make_optimizer = net, optimizer
+        self.schedule, self.pct_start = schedule, pct_start
+        self.augment = augment or BatchAugment()
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{kind}": MulticlassAccuracy(num_classes, average="micro")
+                if kind == "acc"
+                else MeanMetric()
+                for stage in ("train", "val", "test")
+                for kind in ("loss", "acc")
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for uint8 images (N x 1 x 28 x 28)."""
+        return self.net(self.normalize(x.float() / 255))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        x = x.float() / 255
+        if stage == "train":
+            x = self.augment(x)
+        logits = self.net(self.normalize(x))
+        loss = self.loss_fn(logits, y)
+        # Accumulated on the device; read once per epoch, so no host sync per step.
+        self.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(y))
+        self.metrics[f"{stage}_acc"].update(logits.detach(), y)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        for kind in ("loss", "acc"):
+            metric = self.metrics[f"{stage}_{kind}"]
+            if metric.update_called:
+                self.log(f"{stage}_{kind}", metric.compute())
+            metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        loss = self.metrics["train_loss"]
+        if loss.update_called and not torch.isfinite(loss.compute()):
+            raise FloatingPointError(f"training loss is not finite at epoch {self.current_epoch}")
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self):
+        optimizer = self.make_optimizer(self.parameters())
+        if self.schedule == "none":
+            return optimizer
+        steps = int(self.trainer.estimated_stepping_batches)
+        if self.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        else:
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=[group["lr"] for group in optimizer.param_groups],
+                total_steps=steps,
+                pct_start=self.pct_start,
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+

@@ -1,0 +1,154 @@
+"""MLflow: where runs go, what each run records, and how a run always ends in a final state."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers.logger import Logger
+from pytorch_lightning.utilities import rank_zero_only
+
+import fmnist_lab
+from fmnist_lab.errors import UserError
+
+PACKAGE_DIR = Path(fmnist_lab.__file__).resolve().parent
+
+
+def configure(uri: str | None, experiment: str) -> None:
+    """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else MLflow's default) and `experiment`."""
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(experiment)
+    except MlflowException as err:
+        raise UserError(
+            f"MLflow tracking at {mlflow.get_tracking_uri()} refused experiment "
+            f"'{experiment}': {err.message}"
+        ) from None
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"model.filters": "[32, 64]", ...}, the form MLflow params take."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def git_commit() -> str:
+    """The commit of the checkout fmnist_lab runs from ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True,
+            timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def human_count(n: int) -> str:
+    """12345 -> '12k', 3_230_000 -> '3.2M': the size part of run names."""
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1_000:
+        return f"{round(n / 1e3)}k"
+    return str(n)
+
+
+@contextmanager
+def tracked_run(
+    cfg: DictConfig, run_name: str, tags: dict[str, str], nested: bool = False
+) -> Iterator[mlflow.ActiveRun]:
+    """Start a run that logs `cfg` and always ends FINISHED, FAILED or KILLED (Ctrl-C)."""
+    run = mlflow.start_run(run_name=run_name, tags={**tags, "git_commit": git_commit()},
+                           nested=nested)  # fmt: skip
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        mlflow.log_params(flatten(resolved))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def log_param_count(n_params: int) -> None:
+    """The parameter count, as a param (to filter on) and a metric (to sort and chart by)."""
+    mlflow.log_param("params", n_params)
+    mlflow.log_metric("params", n_params)
+
+
+def log_model(predictor: torch.nn.Module, example: torch.Tensor) -> str:
+    """Log `predictor` with signature and input example; return the URI that loads it."""
+    predictor = predictor.to("cpu").eval()
+    example_np = example.to("cpu", torch.float32).numpy()
+    with torch.no_grad():
+        output = predictor(torch.from_numpy(example_np)).numpy()
+    info = mlflow.pytorch.log_model(
+        predictor,
+        name="model",
+        signature=infer_signature(example_np, output),
+        input_example=example_np,
+        code_paths=[str(PACKAGE_DIR)],
+        # Stated, not inferred: inference re-imports the model in a subprocess (slow).
+        pip_requirements=[
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"mlflow=={mlflow.__version__}",
+            f"numpy=={np.__version__}",
+        ],
+    )
+    mlflow.set_tag("model_uri", info.model_uri)
+    return info.model_uri
+
+
+class MlflowEpochLogger(Logger):
+    """Lightning logger writing the epoch-level metrics to the active MLflow run.
+
+    The step of each metric is the epoch, so the MLflow UI charts them per epoch.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.client = mlflow.MlflowClient()
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The config is logged by `tracked_run`; nothing to add here."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        epoch = int(metrics.get("epoch", step or 0))
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)

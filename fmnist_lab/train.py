@@ -1,0 +1,128 @@
+"""`python -m fmnist_lab.train`: compose the config, train one model, record it in MLflow."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import hydra
+import mlflow
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from fmnist_lab import tracking
+from fmnist_lab.data import DataModule, load_splits
+from fmnist_lab.errors import exit_cleanly
+from fmnist_lab.models import build_model, count_params
+from fmnist_lab.models.predictor import Predictor
+from fmnist_lab.module import Classifier
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    name: str
+    params: int
+    metrics: dict[str, float]
+    model_uri: str | None
+
+
+def train(
+    cfg: DictConfig,
+    callbacks: Sequence[pl.Callback] = (),
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+) -> RunResult:
+    """Train, validate every epoch, optionally test, and log it all to one MLflow run."""
+    # Batches come from device tensors, not a DataLoader, and only epoch metrics are logged:
+    # Lightning's hints about workers and logging intervals do not apply.
+    warnings.filterwarnings("ignore", message=".*(num_workers|log_every_n_steps|LeafSpec).*")
+    pl.seed_everything(cfg.seed, verbose=False)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    splits = load_splits(cfg.data)
+    net = build_model(cfg.model)
+    n_params = count_params(net)
+    module = Classifier(
+        net,
+        optimizer=instantiate(cfg.optimizer),
+        mean=splits.mean,
+        std=splits.std,
+        schedule=cfg.scheduler.name,
+        pct_start=cfg.scheduler.get("pct_start", 0.25),
+        augment=instantiate(cfg.augmentation),
+        label_smoothing=cfg.label_smoothing,
+        num_classes=len(splits.classes),
+    )
+    datamodule = DataModule(splits, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.seed)
+
+    tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
+    name = f"{cfg.model.name}-{tracking.human_count(n_params)}"
+    run_tags = {"dataset": cfg.data.name, "model": cfg.model.name, **(tags or {})}
+    if hasattr(net, "weights"):  # ResNet-18 says whether it starts from ImageNet weights
+        run_tags["weights"] = net.weights
+    with tracking.tracked_run(cfg, name, run_tags, nested=nested) as run:
+        tracking.log_param_count(n_params)
+        trainer = pl.Trainer(
+            max_epochs=cfg.trainer.max_epochs,
+            accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices,
+            precision=cfg.trainer.precision,
+            logger=tracking.MlflowEpochLogger(run.info.run_id),
+            callbacks=list(callbacks),
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=cfg.trainer.progress_bar,
+            num_sanity_val_steps=0,
+            limit_val_batches=1.0 if len(splits.val_y) else 0,
+            deterministic=cfg.trainer.deterministic,
+        )
+        start = time.perf_counter()
+        _interruptible(trainer.fit, module, datamodule=datamodule)
+        mlflow.log_metric("train_time_s", time.perf_counter() - start)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.test:
+            _interruptible(trainer.test, module, datamodule=datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        model_uri = None
+        if cfg.log_model:
+            example = splits.train_x[:2].float() / 255
+            model_uri = tracking.log_model(Predictor(net, splits.mean, splits.std), example)
+    return RunResult(run.info.run_id, name, n_params, metrics, model_uri)
+
+
+def _interruptible(step, *args, **kwargs) -> None:
+    """Run a Trainer step, re-raising the Ctrl-C that Lightning turns into `sys.exit(1)`."""
+    trainer = step.__self__
+    try:
+        step(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            # Lightning also ignores further Ctrl-C from here on; give it back to Python.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
+        raise
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@exit_cleanly
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    result = train(cfg)
+    shown = ", ".join(
+        f"{k} {result.metrics[k]:.4f}" for k in ("val_acc", "test_acc") if k in result.metrics
+    )
+    print(
+        f"run {result.run_id} ({result.name}, {result.params:,} params): {shown}\n"
+        f"MLflow: {mlflow.get_tracking_uri()}  model: {result.model_uri}"
+    )
+
+
+if __name__ == "__main__":
+    main()
