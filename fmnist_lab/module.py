@@ -19,7 +19,8 @@ class Classifier(pl.LightningModule):
     """Cross-entropy training of `net` on uint8 batches, normalised and augmented on device.
 
     `optimizer` is a partial taking the parameters (Hydra's `_partial_: true`); `schedule` is
-    one of none / cosine / onecycle, stepped every batch over the whole run. Metrics are
+    one of none / cosine / onecycle, stepped every batch over the whole run. `channels_last`
+    stores the conv weights NHWC. Metrics are
     aggregated over the epoch on the device and logged once per epoch:
     train_loss, train_acc, val_loss, val_acc, test_loss, test_acc.
     """
@@ -35,8 +36,13 @@ class Classifier(pl.LightningModule):
         augment: BatchAugment | None = None,
         label_smoothing: float = 0.0,
         num_classes: int = 10,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
+        if channels_last:
+            # Convolutions run markedly faster on this layout, on CPU (oneDNN) and GPU alike.
+            # The uint8 input has one channel, so it is already in this layout.
+            net = net.to(memory_format=torch.channels_last)
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not '{schedule}'")
         self.net, self.make_optimizer = net, optimizer

@@ -59,6 +59,7 @@ def train(
         augment=instantiate(cfg.augmentation),
         label_smoothing=cfg.label_smoothing,
         num_classes=len(splits.classes),
+        channels_last=cfg.trainer.channels_last,
     )
     datamodule = DataModule(splits, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.seed)
 

@@ -1,0 +1,197 @@
+"""`python -m fmnist_lab.bench`: training throughput of the Lightning path against its limits.
+
+Three ways to train one epoch of the same model on the same images and device:
+  lightning   the project's path (Classifier + DataModule + pl.Trainer)
+  plain       a hand-written PyTorch loop over the same device tensors (the practical limit)
+  dataloader  torchvision's FashionMNIST + DataLoader with per-sample transforms
+              (ToTensor, Normalize), as the reference projects train
+Each is warmed up first, then timed over one epoch; the ratios come from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import time
+import warnings
+
+import pytorch_lightning as pl
+import torch
+import torchvision
+from hydra import compose, initialize_config_dir
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchvision import transforms
+
+from fmnist_lab.data import IDX_DATASETS, DataModule, DeviceBatches, _load_idx, load_splits
+from fmnist_lab.errors import exit_cleanly
+from fmnist_lab.models import build_model, count_params
+from fmnist_lab.module import Classifier
+
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def make_net(model: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}"])
+    return build_model(cfg.model), cfg
+
+
+def bench_lightning(net, splits, batch_size, device, warmup_batches, channels_last) -> float:
+    """Seconds for one epoch through pl.Trainer.fit, after a short warm-up fit."""
+
+    def fit(limit):
+        module = Classifier(net, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+                            splits.mean, splits.std, channels_last=channels_last)  # fmt: skip
+        trainer = pl.Trainer(
+            max_epochs=1, accelerator=device.type, devices=1, logger=False,
+            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+            num_sanity_val_steps=0, limit_val_batches=0, limit_train_batches=limit,
+        )  # fmt: skip
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=DataModule(splits, batch_size, 1000))
+        _sync(device)
+        return time.perf_counter() - start
+
+    fit(warmup_batches)
+    return fit(1.0)
+
+
+def bench_plain(net, splits, batch_size, device, warmup_batches, channels_last) -> float:
+    """Seconds for one epoch of a hand-written loop over the same device tensors."""
+    net = net.to(device).train()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    x_all, y_all = splits.train_x.to(device), splits.train_y.to(device)
+    mean, std = splits.mean, splits.std
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    batches = DeviceBatches(x_all, y_all, batch_size, shuffle=True)
+
+    def epoch(limit):
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(batches):
+            if limit is not None and i >= limit:
+                break
+            loss = loss_fn(net((x.float() / 255 - mean) / std), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync(device)
+        return time.perf_counter() - start
+
+    epoch(warmup_batches)
+    return epoch(None)
+
+
+def bench_dataloader(net, dataset_name, root, cache_dir, indices, batch_size, device,
+                     warmup_batches, workers) -> float:  # fmt: skip
+    """Seconds for one epoch the way the reference projects train: per-sample transforms."""
+    _load_idx(dataset_name, root, cache_dir)  # stages the files where torchvision looks
+    cls = IDX_DATASETS[dataset_name][0]
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))])
+    dataset = Subset(cls(os.path.expanduser(cache_dir), train=True, transform=tf), indices)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                        drop_last=True)  # fmt: skip
+    net = net.to(device, memory_format=torch.contiguous_format).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def epoch(limit):
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = loss_fn(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync(device)
+        return time.perf_counter() - start
+
+    epoch(warmup_batches)
+    return epoch(None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {gpu}"
+
+
+@exit_cleanly
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", default=["convnet"], help="conf/model names")
+    parser.add_argument("--dataset", default="fashion_mnist", choices=list(IDX_DATASETS))
+    parser.add_argument("--images", type=int, default=55000, help="training images per epoch")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (dataloader)")
+    parser.add_argument("--skip-dataloader", action="store_true")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                        help="keep NCHW weights in the lightning and plain paths")
+    args = parser.parse_args(argv)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    device = torch.device(args.device)
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        data_cfg = compose("train", overrides=[f"data={args.dataset}"]).data
+    splits = load_splits(data_cfg)
+    n = min(args.images, len(splits.train_y))
+    splits.train_x, splits.train_y = splits.train_x[:n], splits.train_y[:n]
+    warmup = 5
+
+    print(f"fmnist_lab bench: {time.strftime('%Y-%m-%d %H:%M')}  {hardware()}")
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+          f"pytorch-lightning {pl.__version__}; {n} images, batch {args.batch_size}, "
+          f"device {device}, channels_last {args.channels_last}")  # fmt: skip
+    header = f"{'model':<16}{'params':>10}{'lightning':>12}{'plain':>12}{'dataloader':>12}"
+    print(header + f"{'L/plain':>10}{'L/dataloader':>14}   (images/s)")
+    for model in args.model:
+        net, _ = make_net(model, 0)
+        params = count_params(net)
+        state = {k: v.clone() for k, v in net.state_dict().items()}
+        rates = {}
+        net.load_state_dict(state)
+        rates["plain"] = n / bench_plain(
+            net, splits, args.batch_size, device, warmup, args.channels_last
+        )
+        net.load_state_dict(state)
+        rates["lightning"] = n / bench_lightning(
+            net, splits, args.batch_size, device, warmup, args.channels_last
+        )
+        if not args.skip_dataloader:
+            net.load_state_dict(state)
+            # As many images as the others (which ones does not change the speed).
+            indices = list(range(n))
+            rates["dataloader"] = n / bench_dataloader(
+                net, args.dataset, data_cfg.root, data_cfg.cache_dir, indices,
+                args.batch_size, device, warmup, args.workers,
+            )  # fmt: skip
+        light, plain, dl = rates["lightning"], rates["plain"], rates.get("dataloader")
+        dl_rate = f"{dl:,.0f}" if dl else "-"
+        dl_ratio = f"{light / dl:.2f}x" if dl else "-"
+        print(
+            f"{model:<16}{params:>10,}{light:>12,.0f}{plain:>12,.0f}{dl_rate:>12}"
+            f"{light / plain:>9.2f}x{dl_ratio:>14}"
+        )
+
+
+if __name__ == "__main__":
+    main()
