@@ -147,8 +147,9 @@ def _load_idx(name: str, root: str | None, cache_dir: str):
                 test = cls(str(cache), train=False, download=True)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
             files = ", ".join(fname for fname, _ in cls.resources)
+            reason = " ".join(str(err).split())  # torchvision's message spans several lines
             raise UserError(
-                f"could not download {PRETTY[name]} ({err}); offline, set {DATA_ENV} or "
+                f"could not download {PRETTY[name]} ({reason}); offline, set {DATA_ENV} or "
                 f"data.root= to a directory holding {files}"
             ) from None
     return (
