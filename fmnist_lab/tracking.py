@@ -75,7 +75,10 @@ def human_count(n: int) -> str:
 def tracked_run(
     cfg: DictConfig, run_name: str, tags: dict[str, str], nested: bool = False
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start a run that logs `cfg` and always ends FINISHED, FAILED or KILLED (Ctrl-C)."""
+    """Start a run that logs `cfg` and always ends FINISHED, FAILED or KILLED (Ctrl-C).
+
+    A run that did not finish carries the reason in its tag `failure_reason`.
+    """
     run = mlflow.start_run(run_name=run_name, tags={**tags, "git_commit": git_commit()},
                            nested=nested)  # fmt: skip
     try:
@@ -84,13 +87,21 @@ def tracked_run(
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         yield run
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        _end_run("KILLED", "interrupted (Ctrl-C)")
         raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as err:
+        _end_run("FAILED", f"{type(err).__name__}: {err}")
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def _end_run(status: str, reason: str) -> None:
+    """End the active run as `status`, recording why in the tag `failure_reason`."""
+    try:
+        mlflow.set_tag("failure_reason", reason[:5000])
+    finally:
+        mlflow.end_run(status)
 
 
 def log_param_count(n_params: int) -> None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from fmnist_lab import tracking
 from fmnist_lab.data import DataModule, load_splits
-from fmnist_lab.errors import exit_cleanly
+from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.models.predictor import Predictor
 from fmnist_lab.module import Classifier
@@ -46,9 +46,9 @@ def train(
     pl.seed_everything(cfg.seed, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    splits = load_splits(cfg.data)
-    net = build_model(cfg.model)
+    net = build_model(cfg.model)  # before the data: a bad model config fails at once
     n_params = count_params(net)
+    splits = load_splits(cfg.data)
     module = Classifier(
         net,
         optimizer=instantiate(cfg.optimizer),
@@ -115,7 +115,10 @@ def _interruptible(step, *args, **kwargs) -> None:
 @exit_cleanly
 def main(cfg: DictConfig) -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except FloatingPointError as err:  # the run is already recorded as FAILED, with the reason
+        raise UserError(f"training diverged ({err}); try a lower optimizer.lr") from None
     shown = ", ".join(
         f"{k} {result.metrics[k]:.4f}" for k in ("val_acc", "test_acc") if k in result.metrics
     )

@@ -1,0 +1,196 @@
+"""Real training runs on the real data, read back from a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from fmnist_lab.data import load_splits
+from fmnist_lab.models import build_model
+from fmnist_lab.train import train
+
+from .conftest import CONF, run_cli
+
+# A small CNN on 4,400 real training images for 3 epochs.
+SHORT_RUN = [
+    "model=convnet", "data.train_fraction=0.08", "data.val_size=2000",
+    "trainer.max_epochs=3", "trainer.progress_bar=false",
+]  # fmt: skip
+MIN_VAL_ACC = 0.82  # what this run must reach on the 2,000 validation images
+
+
+def runs_in(uri: str, experiment: str = "fmnist_lab") -> list:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def only_run(uri: str):
+    runs = runs_in(uri)
+    assert len(runs) == 1
+    return runs[0]
+
+
+@pytest.fixture
+def short_run(tmp_path, data_root, cache_dir):
+    """The CLI as a user runs it, in an empty folder, with MLflow's default local store."""
+    env = {"FMNIST_LAB_DATA": str(data_root), "FMNIST_LAB_CACHE": str(cache_dir)}
+    result = run_cli("fmnist_lab.train", *SHORT_RUN, cwd=tmp_path,
+                     env={**env, "MLFLOW_TRACKING_URI": ""})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's default, in the working directory
+    mlflow.set_tracking_uri(uri)
+    return result, only_run(uri), MlflowClient(uri)
+
+
+def test_short_run_learns_and_records_everything(short_run, make_cfg):
+    result, run, client = short_run
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "convnet-422k"
+    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    assert metrics["val_acc"] >= MIN_VAL_ACC
+    assert metrics["test_acc"] >= MIN_VAL_ACC - 0.03
+    assert f"val_acc {metrics['val_acc']:.4f}" in result.stdout
+
+    # The resolved config, flattened, and the parameter count as param and metric.
+    assert params["model.filters"] == "[32, 64]" and params["data.train_fraction"] == "0.08"
+    assert params["optimizer._target_"] == "torch.optim.AdamW" and params["seed"] == "0"
+    assert params["params"] == "421738" and metrics["params"] == 421738
+    assert tags["dataset"] == "fashion_mnist" and tags["model"] == "convnet"
+    assert len(tags["git_commit"]) in (40, len("unknown"))
+
+    # One value per epoch for the training curves; test metrics once.
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [0, 1, 2], key
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert losses[2] < losses[0]
+    assert len(client.get_metric_history(run.info.run_id, "test_acc")) == 1
+    assert metrics["train_time_s"] > 0
+
+    # The resolved config YAML is an artifact and matches the params.
+    config_path = client.download_artifacts(run.info.run_id, "config.yaml")
+    with open(config_path) as f:
+        config = yaml.safe_load(f)
+    assert config["model"]["filters"] == [32, 64] and config["trainer"]["max_epochs"] == 3
+
+    # The model loads through pyfunc, by its model URI and by the run, and predicts like the
+    # trained net: on real test images it is as accurate as the logged test accuracy says.
+    model = mlflow.pyfunc.load_model(tags["model_uri"])
+    assert model.metadata.signature is not None
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 1, 28, 28)
+    splits = load_splits(make_cfg("data.val_size=2000").data)
+    x = (splits.test_x.float() / 255).numpy()
+    probs = model.predict(x)
+    assert probs.shape == (10000, 10)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    accuracy = (probs.argmax(1) == splits.test_y.numpy()).mean()
+    assert accuracy == pytest.approx(metrics["test_acc"], abs=1e-4)
+    by_run = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    np.testing.assert_allclose(by_run.predict(x[:16]), probs[:16], rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_run(make_cfg, tracking_uri):
+    overrides = ["model=convnet_20k", "data.train_fraction=0.03", "data.val_size=500",
+                 "trainer.max_epochs=1", "trainer.progress_bar=false", "test=false",
+                 "log_model=false", f"tracking.uri={tracking_uri}"]  # fmt: skip
+    first = train(make_cfg(*overrides, "seed=7"))
+    second = train(make_cfg(*overrides, "seed=7"))
+    other = train(make_cfg(*overrides, "seed=8"))
+    assert first.metrics["val_loss"] == second.metrics["val_loss"]
+    assert first.metrics["val_loss"] != other.metrics["val_loss"]
+    assert "test_acc" not in first.metrics and first.model_uri is None
+
+
+def test_augmented_run_with_schedule_and_mnist(make_cfg, tracking_uri):
+    cfg = make_cfg("data=mnist", "model=convnet_20k", "augmentation=crop",
+                   "optimizer=sgd", "scheduler=cosine", "label_smoothing=0.1",
+                   "data.train_fraction=0.05", "data.val_size=1000", "trainer.max_epochs=2",
+                   "trainer.progress_bar=false", "log_model=false",
+                   f"tracking.uri={tracking_uri}")  # fmt: skip
+    result = train(cfg)
+    assert result.metrics["val_acc"] > 0.85
+    run = MlflowClient(tracking_uri).get_run(result.run_id)
+    assert run.data.tags["dataset"] == "mnist"
+    assert run.data.params["augmentation.crop_padding"] == "2"
+
+
+def test_diverging_run_ends_failed_with_the_reason(tmp_path, data_root, cache_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli(
+        "fmnist_lab.train", "model=convnet_20k", "optimizer=sgd", "optimizer.lr=1e30",
+        "data.train_fraction=0.02", "trainer.max_epochs=2", "trainer.progress_bar=false",
+        f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: training diverged")
+    run = only_run(uri)
+    assert run.info.status == "FAILED"
+    assert "not finite" in run.data.tags["failure_reason"]
+
+
+def test_ctrl_c_ends_the_run_killed_with_exit_130(tmp_path, data_root, cache_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.search_experiments()  # creates the store now, not in a race with the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_lab.train", "model=convnet_20k",
+         "data.train_fraction=0.05", "trainer.max_epochs=200", "trainer.progress_bar=false",
+         f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until an epoch has been recorded
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            runs = runs_in(uri)
+            if runs and client.get_metric_history(runs[0].info.run_id, "val_acc"):
+                break
+        else:
+            pytest.fail("the run never logged an epoch")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    run = client.get_run(runs[0].info.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"] == "interrupted (Ctrl-C)"
+
+
+def test_impossible_model_exits_2_before_recording(tmp_path, data_root, cache_dir):
+    result = run_cli("fmnist_lab.train", "model.filters=[4,4,4,4,4,4]", f"data.root={data_root}",
+                     f"data.cache_dir={cache_dir}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "6 poolings shrink a 28x28 image below 1x1" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_reference_recipes_compose(make_cfg, experiment):
+    cfg = make_cfg(f"experiment={experiment}")
+    net = build_model(cfg.model)
+    with torch.no_grad():
+        assert net.eval()(torch.rand(1, 1, 28, 28)).shape == (1, 10)
+    assert cfg.trainer.max_epochs >= 3
+
+
+def test_r2_recipe_is_sgd_002_for_30_epochs(make_cfg):
+    cfg = make_cfg("experiment=r2_mlp")
+    assert cfg.model.name == "mlp_r2" and cfg.optimizer._target_ == "torch.optim.SGD"
+    assert cfg.optimizer.lr == 0.02 and cfg.trainer.max_epochs == 30
