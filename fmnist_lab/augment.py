@@ -46,9 +46,7 @@ class BatchAugment(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return (
-            f"flip={self.flip}, crop_padding={self.crop_padding}, erasing_p={self.erasing_p}"
-        )
+        return f"flip={self.flip}, crop_padding={self.crop_padding}, erasing_p={self.erasing_p}"
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:

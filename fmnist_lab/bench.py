@@ -143,8 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (dataloader)")
     parser.add_argument("--skip-dataloader", action="store_true")
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                        help="keep NCHW weights in the lightning and plain paths")
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep NCHW weights in the lightning and plain paths",
+    )
     args = parser.parse_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")

@@ -104,7 +104,9 @@ def load_splits(cfg) -> Splits:
     )  # fmt: skip
 
 
-def stratified_split(y: torch.Tensor, n_holdout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(
+    y: torch.Tensor, n_holdout: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split indices of `y` into (kept, held out), the held-out part with `y`'s class shares.
 
     Each class gives floor(share * n_holdout) images; the few left over go to the classes
@@ -142,7 +144,10 @@ def _load_idx(name: str, root: str | None, cache_dir: str):
         if local is not None:
             _stage_local_files(cls, name, local, subdirs, cache / cls.__name__ / "raw")
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
                 train = cls(str(cache), train=True, download=True)
                 test = cls(str(cache), train=False, download=True)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
@@ -200,9 +205,7 @@ def read_csv(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         )
     for number, line in enumerate(lines[1:], start=2):
         if line.count(",") != 784:
-            raise UserError(
-                f"{path} line {number}: {line.count(',') + 1} columns, expected 785"
-            )
+            raise UserError(f"{path} line {number}: {line.count(',') + 1} columns, expected 785")
     try:
         table = np.loadtxt(lines[1:], delimiter=",", dtype=np.int64, ndmin=2)
     except ValueError:

@@ -122,5 +122,7 @@ class Classifier(pl.LightningModule):
                 total_steps=steps,
                 pct_start=self.pct_start,
             )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -28,7 +28,7 @@ def find_shift(original: torch.Tensor, shifted: torch.Tensor, padding: int):
     padded = torch.nn.functional.pad(original, (padding,) * 4)
     for dy in range(2 * padding + 1):
         for dx in range(2 * padding + 1):
-            if torch.equal(padded[..., dy:dy + 28, dx:dx + 28], shifted):
+            if torch.equal(padded[..., dy : dy + 28, dx : dx + 28], shifted):
                 return dy, dx
     return None
 
@@ -47,9 +47,9 @@ def test_erasing_blacks_out_one_rectangle_per_chosen_image(images):
     changed = (out != images).flatten(1).any(1)
     assert 0.35 < changed.float().mean().item() < 0.65
     for i in changed.nonzero().flatten()[:50].tolist():
-        erased = (out[i, 0] != images[i, 0])
+        erased = out[i, 0] != images[i, 0]
         rows, cols = erased.any(1).nonzero().flatten(), erased.any(0).nonzero().flatten()
-        box = out[i, 0, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = out[i, 0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert bool((box == 0).all())  # one solid black rectangle
         area = box.numel() / (28 * 28)
         assert 0.01 <= area <= 0.4

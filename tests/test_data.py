@@ -61,7 +61,9 @@ def test_fashion_mnist_files_shapes_and_statistics(data_root, cache_dir, full_fm
     assert s.std == pytest.approx(0.3530, abs=1e-4)
     test_pixels = s.test_x.float() / 255
     assert test_pixels.mean().item() == pytest.approx(0.2868, abs=1e-4)
-    assert s.classes[0] == "T-shirt/top" and s.classes[6] == "Shirt" and s.classes[9] == "Ankle boot"
+    assert (
+        s.classes[0] == "T-shirt/top" and s.classes[6] == "Shirt" and s.classes[9] == "Ankle boot"
+    )
 
 
 def test_mnist_loads_with_its_statistics(make_cfg):
@@ -241,8 +243,9 @@ def test_without_local_files_torchvision_downloads_them(make_cfg, mirror, tmp_pa
     monkeypatch.setattr(FashionMNIST, "mirrors", [mirror])
     s = load_splits(make_cfg("data.root=null", f"data.cache_dir={tmp_path}").data)
     assert len(s.train_y) + len(s.val_y) == 60000
-    assert md5(tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz") == (
-        FMNIST_GZ_MD5["train-images-idx3-ubyte.gz"]
+    assert (
+        md5(tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz")
+        == (FMNIST_GZ_MD5["train-images-idx3-ubyte.gz"])
     )
 
 
@@ -254,4 +257,3 @@ def test_offline_without_local_files_says_what_to_set(make_cfg, tmp_path, monkey
     monkeypatch.setattr(FashionMNIST, "mirrors", [dead])
     with pytest.raises(UserError, match=f"could not download Fashion-MNIST.*set {DATA_ENV}"):
         load_splits(make_cfg("data.root=null", f"data.cache_dir={tmp_path}").data)
-

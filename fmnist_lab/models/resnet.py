@@ -30,8 +30,10 @@ class ResNet18(nn.Module):
             try:
                 state = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
             except Exception as err:  # offline, no cache, a broken download: all alike here
-                log.warning("ResNet-18: ImageNet weights could not be loaded (%s); "
-                            "training from scratch", err)
+                log.warning(
+                    "ResNet-18: ImageNet weights could not be loaded (%s); training from scratch",
+                    err,
+                )
             else:
                 net.load_state_dict(state)
                 stem = nn.Conv2d(1, 64, 7, 1, 3, bias=False)
