@@ -111,8 +111,13 @@ def log_param_count(n_params: int) -> None:
 
 
 def log_model(predictor: torch.nn.Module, example: torch.Tensor) -> str:
-    """Log `predictor` with signature and input example; return the URI that loads it."""
-    predictor = predictor.to("cpu").eval()
+    """Log `predictor` with signature and input example; return the URI that loads it.
+
+    Saved as a torch.export program ("pt2"): loading runs no pickled code and needs no
+    fmnist_lab, only torch.
+    """
+    # Plain NCHW weights export cleanly; the channels-last copies used in training do not.
+    predictor = predictor.to("cpu", memory_format=torch.contiguous_format).eval()
     example_np = example.to("cpu", torch.float32).numpy()
     with torch.no_grad():
         output = predictor(torch.from_numpy(example_np)).numpy()
@@ -121,7 +126,7 @@ def log_model(predictor: torch.nn.Module, example: torch.Tensor) -> str:
         name="model",
         signature=infer_signature(example_np, output),
         input_example=example_np,
-        code_paths=[str(PACKAGE_DIR)],
+        serialization_format="pt2",
         # Stated, not inferred: inference re-imports the model in a subprocess (slow).
         pip_requirements=[
             f"torch=={torch.__version__.split('+')[0]}",

@@ -1,0 +1,40 @@
+# Set-up and the everyday commands. Every target creates or updates .venv itself.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+# Offline machines keep the genuine datasets beside the checkout; online, torchvision
+# downloads them instead. An FMNIST_LAB_DATA already set wins.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/fashion-mnist/*.gz),)
+export FMNIST_LAB_DATA ?= $(SHARED_DATA)
+endif
+
+.PHONY: venv run test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+## The main job: a short real training run on Fashion-MNIST, tracked in ./mlflow.db.
+run: venv
+	$(PY) -m fmnist_lab.train trainer.max_epochs=3 $(ARGS)
+
+## Lint, then the whole test suite (real data, real MLflow stores; CPU only).
+test: venv lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+## Training throughput: Lightning path vs plain loop vs DataLoader (docs/benchmarks.md).
+bench: venv
+	$(PY) -m fmnist_lab.bench --model convnet_20k convnet_100k conv2dsimple2 $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
