@@ -73,14 +73,22 @@ def human_count(n: int) -> str:
 
 @contextmanager
 def tracked_run(
-    cfg: DictConfig, run_name: str, tags: dict[str, str], nested: bool = False
+    cfg: DictConfig,
+    run_name: str,
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run that logs `cfg` and always ends FINISHED, FAILED or KILLED (Ctrl-C).
 
-    A run that did not finish carries the reason in its tag `failure_reason`.
+    A run that did not finish carries the reason in its tag `failure_reason`. With
+    `parent_run_id` it is a child of that run (a sweep's trial, a finalist's seed).
     """
-    run = mlflow.start_run(run_name=run_name, tags={**tags, "git_commit": git_commit()},
-                           nested=nested)  # fmt: skip
+    run = mlflow.start_run(
+        run_name=run_name,
+        tags={**tags, "git_commit": git_commit()},
+        nested=parent_run_id is not None,
+        parent_run_id=parent_run_id,
+    )
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         mlflow.log_params(flatten(resolved))

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fmnist_lab import tracking
-from fmnist_lab.data import DataModule, load_splits
+from fmnist_lab.data import DataModule, Splits, load_splits
 from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.models.predictor import Predictor
@@ -36,10 +36,15 @@ class RunResult:
 def train(
     cfg: DictConfig,
     callbacks: Sequence[pl.Callback] = (),
-    nested: bool = False,
+    parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
+    splits: Splits | None = None,
 ) -> RunResult:
-    """Train, validate every epoch, optionally test, and log it all to one MLflow run."""
+    """Train, validate every epoch, optionally test, and log it all to one MLflow run.
+
+    A sweep passes its trial's callbacks, the parent run, extra tags and the splits it has
+    already loaded (they must come from `cfg.data`).
+    """
     # Batches come from device tensors, not a DataLoader, and only epoch metrics are logged:
     # Lightning's hints about workers and logging intervals do not apply.
     warnings.filterwarnings("ignore", message=".*(num_workers|log_every_n_steps|LeafSpec).*")
@@ -48,7 +53,8 @@ def train(
         torch.set_num_threads(cfg.trainer.threads)
     net = build_model(cfg.model)  # before the data: a bad model config fails at once
     n_params = count_params(net)
-    splits = load_splits(cfg.data)
+    if splits is None:
+        splits = load_splits(cfg.data)
     module = Classifier(
         net,
         optimizer=instantiate(cfg.optimizer),
@@ -68,7 +74,7 @@ def train(
     run_tags = {"dataset": cfg.data.name, "model": cfg.model.name, **(tags or {})}
     if hasattr(net, "weights"):  # ResNet-18 says whether it starts from ImageNet weights
         run_tags["weights"] = net.weights
-    with tracking.tracked_run(cfg, name, run_tags, nested=nested) as run:
+    with tracking.tracked_run(cfg, name, run_tags, parent_run_id) as run:
         tracking.log_param_count(n_params)
         trainer = pl.Trainer(
             max_epochs=cfg.trainer.max_epochs,

@@ -1,0 +1,735 @@
+"""`python -m fmnist_lab.sweep sweep=<name>`: an Optuna study over Hydra configs, in MLflow.
+
+The sweep file `sweeps/<name>.yaml` says what to search and how; every trial composes
+`conf/train.yaml` with the sweep's base choices, the command line's overrides and its sampled
+overrides, and trains through `fmnist_lab.train.train`. The study lives in an Optuna storage
+(a journal file in the sweep's output directory unless `storage=` names one), so running the
+same command again resumes it. `workers=N` runs N processes against that storage.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import mlflow
+import optuna
+import pytorch_lightning as pl
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from mlflow import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+
+from fmnist_lab import space as search_space
+from fmnist_lab import tracking
+from fmnist_lab.data import Splits, load_splits
+from fmnist_lab.errors import UserError, exit_cleanly
+from fmnist_lab.models import build_model, count_params
+from fmnist_lab.train import train
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# Keys of conf/sweep.yaml that steer the sweep; a trial's training config drops them.
+SWEEP_KEYS = ("sweep", "study_name", "storage", "workers", "enqueue_references", "output_dir")
+REFERENCES = ("r3_cnn", "conv2dsimple2")  # the warm start of enqueue_references=true
+HOST = socket.gethostname()
+
+log = logging.getLogger(__name__)
+
+
+# --- the study --------------------------------------------------------------------------
+
+
+def storage_url(cfg: DictConfig) -> str:
+    """`storage=` as given, or the journal file in the sweep's output directory."""
+    return cfg.storage or f"journal:{Path(cfg.output_dir).resolve() / 'optuna.journal'}"
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password, fit for tags and logs."""
+    if url.startswith("journal:"):
+        return url
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def open_storage(url: str):
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+
+
+def make_sampler(spec: DictConfig, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The sweep file's sampler; `offset` shifts its seed so that parallel workers and
+    resumed sweeps do not replay the same random draws."""
+    s = spec.sampler
+    seed = None if s.get("seed") is None else s.seed + offset
+    constraints = _constraints_func if spec.constraints.min_val_acc is not None else None
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=s.get("n_startup_trials", 10),
+            multivariate=True, constraints_func=constraints,
+        )  # fmt: skip
+    if s.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=s.get("population_size", 50),
+            constraints_func=constraints,
+        )  # fmt: skip
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(search_space.grid(spec.space), seed=seed)
+    raise UserError(f"sampler '{s.name}' is not one of tpe, nsga2, random, grid")
+
+
+def make_pruner(spec: DictConfig) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.get("n_startup_trials", 5), n_warmup_steps=p.get("n_warmup_steps", 0)
+        )
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.get("min_resource", 1))
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.get("min_resource", 1), max_resource=spec.budget.epochs
+        )
+    if p.name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"pruner '{p.name}' is not one of median, successive_halving, hyperband, none")
+
+
+def _constraints_func(trial: FrozenTrial) -> Sequence[float]:
+    # <= 0 is feasible: the validation accuracy must reach the sweep's floor.
+    floor = trial.user_attrs.get("min_val_acc", 0.0)
+    return [floor - trial.user_attrs.get("val_acc", 0.0)]
+
+
+def load_study(cfg: DictConfig) -> optuna.Study:
+    spec = cfg.sweep
+    directions = [o.direction for o in spec.objectives]
+    study = optuna.create_study(
+        study_name=cfg.study_name,
+        storage=open_storage(storage_url(cfg)),
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        directions=directions,
+        load_if_exists=True,
+    )
+    if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
+        raise UserError(
+            f"study '{cfg.study_name}' already exists with other objectives; "
+            f"give a new study_name= or use the original sweep file"
+        )
+    study.set_metric_names([o.metric for o in spec.objectives])
+    return study
+
+
+@contextmanager
+def trial_slot(cfg: DictConfig) -> Iterator[None]:
+    """Hold the sweep's lock while counting trials and asking for one, so that several
+    workers never start more than n_trials between them."""
+    url = storage_url(cfg)
+    if url.startswith(("postgresql", "postgres")):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        key = int.from_bytes(cfg.study_name.encode()[:8].ljust(8, b"\0"), "big") >> 1
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        engine.dispose()
+        return
+    # A journal file or SQLite database on this machine: a file lock beside the sweep output.
+    lock_path = Path(cfg.output_dir).resolve() / ".trial.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def fail_dead_trials(study: optuna.Study, tracking_uri: str) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker process on this machine is gone (a killed
+    sweep), and their MLflow runs FAILED; other machines' trials are left to heartbeats."""
+    failed = []
+    client = MlflowClient(tracking_uri)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = trial.user_attrs.get("worker", ":").rpartition(":")
+        if host != HOST or not pid.isdigit() or _alive(int(pid)):
+            continue
+        reason = "its worker process died (killed sweep); failed on resume"
+        optuna.Trial(study, trial._trial_id).set_user_attr("reason", reason)
+        study.tell(trial.number, state=TrialState.FAIL)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "failure_reason", reason)
+            client.set_tag(run_id, "optuna.state", "FAIL")
+            client.set_terminated(run_id, "FAILED")
+        failed.append(trial.number)
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- a worker ---------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerContext:
+    cfg: DictConfig  # the sweep config as composed for this command
+    overrides: list[str]  # the command line's overrides
+    parent_run_id: str
+    tracking_uri: str
+    deadline: float | None
+    splits: dict[str, Splits] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> DictConfig:
+        return self.cfg.sweep
+
+    def trial_config(self, trial_overrides: Sequence[str], *extra: str) -> DictConfig:
+        """The training config of one trial: base choices, budget, command line, sample."""
+        budget = self.spec.budget
+        overrides = [
+            f"trainer.max_epochs={budget.epochs}",
+            f"data.train_fraction={budget.train_fraction}",
+            *self.overrides,
+            *trial_overrides,
+            *extra,
+        ]
+        if GlobalHydra.instance().is_initialized():  # inside the command's own @hydra.main
+            return training_config(compose("sweep", overrides=overrides))
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return training_config(compose("sweep", overrides=overrides))
+
+    def splits_for(self, data_cfg: DictConfig) -> Splits:
+        key = OmegaConf.to_yaml(data_cfg)
+        if key not in self.splits:
+            self.splits[key] = load_splits(data_cfg)
+        return self.splits[key]
+
+
+def training_config(cfg: DictConfig) -> DictConfig:
+    """A sweep config less its sweep keys: what `train` takes."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in SWEEP_KEYS:
+        container.pop(key, None)
+    return OmegaConf.create(container)
+
+
+class PruneOnValidation(pl.Callback):
+    """Report val_acc to the trial every epoch; stop training when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, enabled: bool) -> None:
+        self.trial, self.enabled, self.pruned_at = trial, enabled, None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Recorded first, so a killed sweep's resume can close this run.
+        self.trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        metrics = trainer.callback_metrics
+        if "val_acc" not in metrics:
+            return
+        if not math.isfinite(float(metrics["val_loss"])):
+            raise FloatingPointError(
+                f"validation loss is not finite at epoch {trainer.current_epoch}"
+            )
+        value = float(metrics["val_acc"])
+        if not self.enabled:
+            return
+        self.trial.report(value, step=trainer.current_epoch)
+        if self.trial.should_prune():
+            self.pruned_at = trainer.current_epoch
+            trainer.should_stop = True
+
+
+def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> None:
+    """Train one trial and tell the study how it ended (COMPLETE, PRUNED or FAIL)."""
+    spec = ctx.spec
+    trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
+    reference = trial.user_attrs.get("reference")
+    if reference:
+        overrides = [f"model={reference}"]
+    else:
+        overrides = search_space.suggest(trial, spec.space)
+    trial.set_user_attr("overrides", overrides)
+    if spec.constraints.min_val_acc is not None:
+        trial.set_user_attr("min_val_acc", float(spec.constraints.min_val_acc))
+    cfg = ctx.trial_config(overrides, "test=false", "trainer.progress_bar=false",
+                           f"log_model={spec.log_models}")  # fmt: skip
+    tags = {"role": "trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number)}
+
+    # Checks that need no training: the model must exist and fit the parameter budget.
+    reason = None
+    try:
+        n_params = count_params(build_model(cfg.model))
+    except UserError as err:
+        n_params, reason = None, str(err)
+    else:
+        trial.set_user_attr("params", n_params)
+        limit = spec.constraints.max_params
+        if limit is not None and n_params > limit:
+            reason = f"{n_params:,} parameters exceed the budget of {limit:,}"
+    if reason:
+        end_untrained(ctx, cfg, study, trial, n_params, reason, tags)
+        return
+
+    multi = len(spec.objectives) > 1
+    pruning = PruneOnValidation(trial, enabled=not multi and spec.pruner.name != "none")
+    try:
+        result = train(cfg, callbacks=[pruning], parent_run_id=ctx.parent_run_id, tags=tags,
+                       splits=ctx.splits_for(cfg.data))  # fmt: skip
+    except KeyboardInterrupt:
+        finish(study, trial, TrialState.FAIL, "interrupted (Ctrl-C)", ctx.tracking_uri)
+        raise
+    except Exception as err:  # any failure of one trial: record it, the sweep goes on
+        finish(study, trial, TrialState.FAIL, f"{type(err).__name__}: {err}", ctx.tracking_uri)
+        return
+    val_acc = result.metrics.get("val_acc")
+    trial.set_user_attr("val_acc", val_acc)
+    trial.set_user_attr("train_time_s", result.metrics.get("train_time_s"))
+    if pruning.pruned_at is not None:
+        reason = f"pruned after epoch {pruning.pruned_at} (val_acc {val_acc:.4f})"
+        finish(study, trial, TrialState.PRUNED, reason, ctx.tracking_uri)
+        return
+    values = [n_params if o.metric == "params" else result.metrics[o.metric]
+              for o in spec.objectives]  # fmt: skip
+    finish(study, trial, TrialState.COMPLETE, None, ctx.tracking_uri, values)
+
+
+def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
+    """A trial ended before training still gets its child run, saying why."""
+    name = f"{cfg.model.name}-{tracking.human_count(n_params) if n_params else 'invalid'}"
+    with tracking.tracked_run(cfg, name, tags, ctx.parent_run_id) as run:
+        if n_params is not None:
+            tracking.log_param_count(n_params)
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+    finish(study, trial, TrialState.PRUNED, reason, ctx.tracking_uri)
+
+
+def finish(study, trial, state: TrialState, reason: str | None, tracking_uri: str,
+           values: Sequence[float] | None = None) -> None:  # fmt: skip
+    """Tell the study, and tag the trial's MLflow run with the final state and reason."""
+    if reason:
+        trial.set_user_attr("reason", reason)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    study.tell(trial, values=values, state=state)
+    if run_id:
+        client = MlflowClient(tracking_uri)
+        client.set_tag(run_id, "optuna.state", state.name)
+        if reason:
+            client.set_tag(run_id, "optuna.reason", reason[:5000])
+
+
+def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
+    """Ask for a trial unless the budget, the timeout or a stop condition says we are done."""
+    spec = ctx.spec
+    if ctx.deadline is not None and time.time() >= ctx.deadline:
+        return None
+    with trial_slot(ctx.cfg):
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if len(trials) >= spec.budget.n_trials and not waiting:
+            return None
+        if stop_condition_met(spec, trials):
+            return None
+        return study.ask()
+
+
+def stop_condition_met(spec: DictConfig, trials: Sequence[FrozenTrial]) -> bool:
+    target, limit = spec.stop.val_acc, spec.stop.max_params
+    if target is None:
+        return False
+    return any(
+        t.state == TrialState.COMPLETE
+        and t.user_attrs.get("val_acc", 0) >= target
+        and (limit is None or t.user_attrs.get("params", math.inf) <= limit)
+        for t in trials
+    )
+
+
+def worker_main(
+    cfg_yaml: str, overrides: list[str], parent_run_id: str, deadline, threads, index: int
+):
+    """Entry point of worker number `index`: run trials until the study is done."""
+    _die_with_parent()
+    _quiet()
+    cfg = OmegaConf.create(cfg_yaml)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        overrides = [*overrides, f"trainer.threads={threads}"]
+    tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
+    ctx = WorkerContext(cfg, overrides, parent_run_id, mlflow.get_tracking_uri(), deadline)
+    storage = open_storage(storage_url(cfg))
+    done = len(optuna.load_study(study_name=cfg.study_name, storage=storage).trials)
+    study = optuna.load_study(
+        study_name=cfg.study_name,
+        storage=storage,
+        sampler=make_sampler(cfg.sweep, offset=7919 * index + done),
+        pruner=make_pruner(cfg.sweep),
+    )
+    try:
+        while (trial := next_trial(ctx, study)) is not None:
+            run_trial(ctx, study, trial)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the sweep process dies, so no orphan keeps training."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore")
+    for name in ("pytorch_lightning", "lightning", "mlflow", "optuna"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+@dataclass
+class Finalist:
+    trial: int
+    params: int
+    val_acc: float
+    test_accs: list[float]
+    run_id: str
+
+    @property
+    def mean(self) -> float:
+        return sum(self.test_accs) / len(self.test_accs)
+
+    @property
+    def std(self) -> float:
+        m = self.mean
+        n = len(self.test_accs)
+        return math.sqrt(sum((a - m) ** 2 for a in self.test_accs) / (n - 1)) if n > 1 else 0.0
+
+
+@dataclass
+class SweepResult:
+    study_name: str
+    parent_run_id: str
+    trials: list[FrozenTrial]
+    finalists: list[Finalist]
+
+
+def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
+    """Search, then retrain the finalists; returns what was recorded."""
+    spec = cfg.sweep
+    search_space.validate(spec.space)
+    if cfg.workers < 1:
+        raise UserError(f"workers={cfg.workers} must be at least 1")
+    study = load_study(cfg)
+    tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
+    uri = mlflow.get_tracking_uri()
+    failed = fail_dead_trials(study, uri)
+    if failed:
+        print(f"resuming: trials {failed} were left running by a killed sweep and are now FAIL")
+    if cfg.enqueue_references and not study.trials:
+        for ref in REFERENCES:
+            study.enqueue_trial({}, user_attrs={"reference": ref})
+
+    parent = open_parent_run(cfg, study)
+    try:
+        search(cfg, list(overrides), study, parent.info.run_id)
+        finalists = run_finalists(cfg, list(overrides), study, parent.info.run_id)
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+    print_finalists(finalists, spec.finalists)
+    return SweepResult(cfg.study_name, parent.info.run_id, study.get_trials(), finalists)
+
+
+def open_parent_run(cfg: DictConfig, study: optuna.Study) -> mlflow.ActiveRun:
+    """The study's parent run: reopened when resuming, else started with the sweep's facts."""
+    client = MlflowClient()
+    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    found = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`optuna.study` = '{cfg.study_name}' and tags.role = 'study'",
+    )
+    if found:
+        return mlflow.start_run(run_id=found[0].info.run_id)
+    spec = cfg.sweep
+    run = mlflow.start_run(
+        run_name=f"study-{cfg.study_name}",
+        tags={
+            "role": "study",
+            "optuna.study": cfg.study_name,
+            "optuna.sampler": spec.sampler.name,
+            "optuna.pruner": spec.pruner.name,
+            "optuna.storage": redact(storage_url(cfg)),
+            "dataset": cfg.data.name,
+            "git_commit": tracking.git_commit(),
+        },
+    )
+    mlflow.log_params(tracking.flatten(OmegaConf.to_container(spec, resolve=True), "sweep."))
+    mlflow.log_text(OmegaConf.to_yaml(spec), f"sweep_{spec.name}.yaml")
+    mlflow.log_text(OmegaConf.to_yaml(training_config(cfg)), "base_config.yaml")
+    return run
+
+
+def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id: str) -> None:
+    """Run the workers and follow the study until they are done."""
+    spec = cfg.sweep
+    deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    context = multiprocessing.get_context("spawn")
+    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    workers = [
+        context.Process(
+            target=worker_main, args=(cfg_yaml, overrides, parent_id, deadline, threads, i)
+        )
+        for i in range(cfg.workers)
+    ]
+    for w in workers:
+        w.start()
+    progress = Progress(study, spec)
+    try:
+        while any(w.is_alive() for w in workers):
+            time.sleep(1)
+            progress.update()
+    except KeyboardInterrupt:
+        for w in workers:  # the terminal may have sent it to them too; once more is harmless
+            if w.is_alive():
+                os.kill(w.pid, signal.SIGINT)
+        for w in workers:
+            w.join(timeout=120)
+        progress.update()
+        progress.close()
+        raise
+    for w in workers:
+        w.join()
+    progress.update()
+    progress.close()
+    if any(w.exitcode == 130 for w in workers):
+        raise KeyboardInterrupt
+
+
+class Progress:
+    """A sweep-level bar on a terminal, and one line per finished trial everywhere."""
+
+    def __init__(self, study: optuna.Study, spec: DictConfig) -> None:
+        self.study, self.spec, self.start = study, spec, time.time()
+        self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=spec.budget.n_trials, initial=len(self.seen), unit="trial")
+
+    def update(self) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        new = [t for t in trials if t.state.is_finished() and t.number not in self.seen]
+        for t in new:
+            self.seen.add(t.number)
+            self._write(trial_line(t))
+            if self.bar:
+                self.bar.update(1)
+        if new:
+            log_study_summary(self.study, self.spec)
+        if self.bar:
+            self.bar.set_postfix_str(best_line(trials, self.spec))
+
+    def _write(self, line: str) -> None:
+        if self.bar:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
+def trial_line(t: FrozenTrial) -> str:
+    attrs = t.user_attrs
+    params = f"{attrs['params']:,} params" if "params" in attrs else "no model"
+    acc = f"val_acc {attrs['val_acc']:.4f}" if attrs.get("val_acc") is not None else ""
+    took = f"{(t.duration.total_seconds() if t.duration else 0):.0f}s"
+    what = " ".join(_short(o) for o in attrs.get("overrides", []))
+    why = f" ({attrs['reason']})" if "reason" in attrs else ""
+    return f"trial {t.number:>3} {t.state.name:<8} {acc:<15} {params:<16} {took:>5}  {what}{why}"
+
+
+def _short(override: str) -> str:
+    """`optimizer.lr=0.0034883721` -> `optimizer.lr=0.00349`, for display only."""
+    key, _, value = override.partition("=")
+    try:
+        return f"{key}={float(value):.3g}" if "." in value or "e" in value else override
+    except ValueError:
+        return override
+
+
+def best_line(trials: Sequence[FrozenTrial], spec: DictConfig) -> str:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and "val_acc" in t.user_attrs]
+    if not done:
+        return "best: -"
+    best = max(done, key=lambda t: t.user_attrs["val_acc"])
+    return f"best val_acc {best.user_attrs['val_acc']:.4f} ({best.user_attrs['params']:,} params)"
+
+
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Pareto-optimal trials of a multi-objective study; the best one of a single-objective."""
+    try:
+        return list(study.best_trials)
+    except ValueError:
+        return []
+
+
+def select_finalists(study: optuna.Study, spec: DictConfig) -> list[FrozenTrial]:
+    """Chosen on validation results only, at most `top_k`: of a multi-objective study the
+    Pareto set, most accurate first; of a single-objective one, the best by its objective."""
+    policy, floor = spec.finalists, spec.constraints.min_val_acc
+    complete = [
+        t for t in study.get_trials(states=(TrialState.COMPLETE,))
+        if floor is None or t.user_attrs["val_acc"] >= floor
+    ]  # fmt: skip
+    if policy.select not in ("pareto", "top_k"):
+        raise UserError(f"finalists.select '{policy.select}' is not one of pareto, top_k")
+    if len(study.directions) > 1:
+        pool = pareto_trials(study) if policy.select == "pareto" else complete
+        ranked = sorted(pool, key=lambda t: t.user_attrs["val_acc"], reverse=True)
+    else:
+        sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+        ranked = sorted(complete, key=lambda t: sign * t.values[0])
+        if policy.select == "pareto":
+            ranked = ranked[:1]
+    return ranked[: policy.top_k]
+
+
+def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str):
+    """Retrain each finalist on all training images with several seeds; test once each."""
+    policy = cfg.sweep.finalists
+    chosen = select_finalists(study, cfg.sweep)
+    log_study_summary(study, cfg.sweep)
+    if not chosen or policy.seeds < 1:
+        return []
+    print(f"finalists: {len(chosen)} trials x {policy.seeds} seeds, {policy.epochs} epochs on all "
+          f"training images")  # fmt: skip
+    ctx = WorkerContext(cfg, overrides, parent_id, mlflow.get_tracking_uri(), None)
+    results = []
+    for t in chosen:
+        base = ["data.val_size=0", "data.train_fraction=1.0", f"trainer.max_epochs={policy.epochs}",
+                "test=true", "log_model=true", "trainer.progress_bar=false"]  # fmt: skip
+        cfg_t = ctx.trial_config(t.user_attrs["overrides"], *base)
+        size = tracking.human_count(t.user_attrs["params"])
+        name = f"finalist-t{t.number}-{cfg_t.model.name}-{size}"
+        tags = {"role": "finalist", "optuna.study": study.study_name, "optuna.trial": str(t.number)}
+        with tracking.tracked_run(cfg_t, name, tags, parent_id) as run:
+            tracking.log_param_count(t.user_attrs["params"])
+            mlflow.log_metric("val_acc", t.user_attrs["val_acc"])
+            accs = []
+            for seed in range(policy.seeds):
+                seed_cfg = ctx.trial_config(t.user_attrs["overrides"], *base, f"seed={seed}")
+                r = train(seed_cfg, parent_run_id=run.info.run_id,
+                          tags={**tags, "role": "finalist_seed", "seed": str(seed)},
+                          splits=ctx.splits_for(seed_cfg.data))  # fmt: skip
+                accs.append(r.metrics["test_acc"])
+            finalist = Finalist(t.number, t.user_attrs["params"], t.user_attrs["val_acc"], accs,
+                                run.info.run_id)  # fmt: skip
+            mlflow.log_metrics({"test_acc_mean": finalist.mean, "test_acc_std": finalist.std})
+        results.append(finalist)
+        print(f"  finalist trial {t.number}: test_acc {finalist.mean:.4f} +/- {finalist.std:.4f}")
+    results.sort(key=lambda f: f.params)
+    mlflow.log_dict([f.__dict__ | {"test_acc_mean": f.mean, "test_acc_std": f.std}
+                     for f in results], "finalists.json")  # fmt: skip
+    smallest = next((f for f in results if f.mean >= policy.target_acc), None)
+    if smallest:
+        mlflow.log_metric("smallest_params_at_target", smallest.params)
+        mlflow.set_tag("smallest_at_target_trial", str(smallest.trial))
+    return results
+
+
+def log_study_summary(study: optuna.Study, spec: DictConfig) -> None:
+    """Keep the parent run's view of the study current: counts, best values, Pareto set."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
+    mlflow.log_metrics({
+        "trials_complete": counts[TrialState.COMPLETE],
+        "trials_pruned": counts[TrialState.PRUNED],
+        "trials_failed": counts[TrialState.FAIL],
+    })  # fmt: skip
+    front = pareto_trials(study)
+    if front:
+        mlflow.log_metric("best_val_acc", max(t.user_attrs["val_acc"] for t in front))
+        mlflow.log_dict(
+            [{"trial": t.number, "values": t.values, "params": t.user_attrs.get("params"),
+              "val_acc": t.user_attrs.get("val_acc"), "overrides": t.user_attrs["overrides"]}
+             for t in front], "pareto.json",
+        )  # fmt: skip
+
+
+def print_finalists(finalists: list[Finalist], policy: DictConfig) -> None:
+    if not finalists:
+        print("no finalists (no trial completed, or finalists.seeds=0)")
+        return
+    target = policy.target_acc
+    smallest = next((f for f in finalists if f.mean >= target), None)
+    print(f"\n{'trial':>5}  {'params':>10}  {'val_acc':>8}  {'test_acc (mean +/- std)':>24}")
+    for f in finalists:
+        mark = f"  <- smallest at >= {target:.1%}" if f is smallest else ""
+        print(f"{f.trial:>5}  {f.params:>10,}  {f.val_acc:>8.4f}  "
+              f"{f.mean:>15.4f} +/- {f.std:.4f}{mark}")  # fmt: skip
+    if smallest is None:
+        print(f"no finalist reaches {target:.1%} mean test accuracy")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
+@exit_cleanly
+def main(cfg: DictConfig) -> None:
+    _quiet()
+    overrides = list(HydraConfig.get().overrides.task)
+    result = run_sweep(cfg, overrides)
+    print(f"study {result.study_name}: MLflow parent run {result.parent_run_id} "
+          f"at {mlflow.get_tracking_uri()}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
