@@ -1,16 +1,20 @@
 """Search spaces from sweep files: Optuna suggestions turned into Hydra overrides.
 
-A space maps a Hydra override key (`model.filters`, `optimizer.lr`, or a config group such as
-`augmentation`) to a distribution:
+A space mirrors the config it searches: nested keys lead to a distribution, and the path to
+it is the Hydra override key (`model.filters`, `optimizer.lr`, or a config group such as
+`augmentation`, whose choices are option names):
 
-    {type: int, low: 8, high: 128, log: true}            # also `step`
-    {type: float, low: 1.0e-4, high: 1.0e-2, log: true}  # also `step`
-    {type: categorical, choices: [none, flip, "[64]"]}   # values as written in an override
-    {type: int_list, length: [1, 4], low: 8, high: 128, log: true}
-    {type: float_list, same_length_as: model.filters, low: 0.0, high: 0.5}
+    model:
+      filters: {type: int_list, length: [1, 4], low: 8, high: 128, log: true}
+      dropout: {type: float_list, same_length_as: model.filters, low: 0.0, high: 0.5}
+      fc: {type: categorical, choices: ["[]", "[64]"]}   # values as written in an override
+    optimizer:
+      lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}   # int/float also take `step`
+    augmentation: {type: categorical, choices: [none, flip, crop]}
 
 List types are conditional: the length is sampled first (or copied from another list), and
-item i exists only when the list is long enough, as `<key>.<i>` in Optuna.
+item i exists only when the list is long enough, as `<key>.<i>` in Optuna. Because each entry
+has a dotted path, the command line reaches it too: `sweep.space.optimizer.lr.high=0.1`.
 """
 
 from __future__ import annotations
@@ -25,8 +29,22 @@ from fmnist_lab.errors import UserError
 TYPES = ("int", "float", "categorical", "int_list", "float_list")
 
 
+def flatten(space: Mapping[str, Any], prefix: str = "") -> dict[str, Mapping[str, Any]]:
+    """The nested space as {"model.filters": {type: ...}, ...}; a mapping with `type` is a leaf."""
+    flat: dict[str, Mapping[str, Any]] = {}
+    for key, value in space.items():
+        path = f"{prefix}{key}"
+        if not isinstance(value, Mapping):
+            raise UserError(f"search space '{path}': expected a mapping with a `type`")
+        if "type" in value:
+            flat[path] = value
+        else:
+            flat.update(flatten(value, f"{path}."))
+    return flat
+
+
 def validate(space: Mapping[str, Mapping[str, Any]]) -> None:
-    """Raise UserError on the first entry that cannot be sampled."""
+    """Raise UserError on the first entry of a flattened space that cannot be sampled."""
     for key, spec in space.items():
         kind = spec.get("type")
         if kind not in TYPES:
@@ -46,7 +64,7 @@ def validate(space: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Sample every entry of `space` in `trial`; return the Hydra overrides they make."""
+    """Sample every entry of a flattened `space` in `trial`; return the overrides they make."""
     values: dict[str, Any] = {}
     lengths: dict[str, int] = {}
     # Lists whose length follows another list come after it.
@@ -97,6 +115,10 @@ def _text(value: Any) -> Any:
     """A value as it is written in a Hydra override (lists as `[a,b]`); scalars pass through."""
     if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
         return "[" + ",".join(str(_text(v)) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
     if isinstance(value, float):
         return repr(value)
     return value

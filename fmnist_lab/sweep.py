@@ -96,7 +96,9 @@ def make_sampler(spec: DictConfig, offset: int = 0) -> optuna.samplers.BaseSampl
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.name == "grid":
-        return optuna.samplers.GridSampler(search_space.grid(spec.space), seed=seed)
+        return optuna.samplers.GridSampler(
+            search_space.grid(search_space.flatten(spec.space)), seed=seed
+        )
     raise UserError(f"sampler '{s.name}' is not one of tpe, nsga2, random, grid")
 
 
@@ -283,7 +285,7 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     if reference:
         overrides = [f"model={reference}"]
     else:
-        overrides = search_space.suggest(trial, spec.space)
+        overrides = search_space.suggest(trial, search_space.flatten(spec.space))
     trial.set_user_attr("overrides", overrides)
     if spec.constraints.min_val_acc is not None:
         trial.set_user_attr("min_val_acc", float(spec.constraints.min_val_acc))
@@ -458,7 +460,7 @@ class SweepResult:
 def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
     """Search, then retrain the finalists; returns what was recorded."""
     spec = cfg.sweep
-    search_space.validate(spec.space)
+    search_space.validate(search_space.flatten(spec.space))
     if cfg.workers < 1:
         raise UserError(f"workers={cfg.workers} must be at least 1")
     study = load_study(cfg)

@@ -1,0 +1,228 @@
+"""Real sweeps on real data: `python -m fmnist_lab.sweep` as a user runs it, a real Optuna
+journal storage, a real MLflow store, real worker processes and real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from .conftest import run_cli
+
+
+@pytest.fixture
+def sweep_env(tmp_path, data_root, cache_dir):
+    """Arguments every sweep here shares: real data, small budget, this test's own stores."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # create the store before any process races for it
+    args = [
+        f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}",
+        "data.val_size=1000", "sweep.budget.train_fraction=0.04",
+    ]  # fmt: skip
+    return tmp_path, uri, args
+
+
+def load(tmp_path: Path, name: str) -> optuna.Study:
+    journal = tmp_path / "outputs" / "sweeps" / name / "optuna.journal"
+    return optuna.load_study(
+        study_name=name, storage=JournalStorage(JournalFileBackend(str(journal)))
+    )
+
+
+def runs_by_role(uri: str, experiment: str) -> dict[str, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    roles: dict[str, list] = {}
+    for run in client.search_runs([exp.experiment_id], max_results=1000):
+        roles.setdefault(run.data.tags.get("role"), []).append(run)
+    return roles
+
+
+def test_multi_objective_sweep_with_two_workers(sweep_env):
+    tmp_path, uri, args = sweep_env
+    result = run_cli(
+        "fmnist_lab.sweep", "sweep=quick", *args, "workers=2", "sweep.budget.n_trials=8",
+        "sweep.budget.epochs=1", "sweep.sampler.name=random", "sweep.sampler.seed=3",
+        "sweep.constraints.max_params=20000", "sweep.space.model.fc.choices=[[],[256]]",
+        "sweep.space.model.filters.length=[1,6]", "sweep.finalists.top_k=1",
+        "sweep.finalists.seeds=2", "sweep.finalists.epochs=1", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    study = load(tmp_path, "quick")
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(8))
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 2
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2  # both processes ran trials
+
+    # The pre-checks end a trial before any training, with the reason recorded.
+    prechecked = 0
+    for t in trials:
+        filters = json.loads(t.user_attrs["overrides"][0].split("=", 1)[1])
+        if len(filters) >= 5:
+            assert t.state == TrialState.PRUNED and "poolings" in t.user_attrs["reason"]
+            prechecked += 1
+        elif t.user_attrs["params"] > 20000:
+            assert t.state == TrialState.PRUNED and "exceed the budget" in t.user_attrs["reason"]
+            prechecked += 1
+        else:
+            assert t.state == TrialState.COMPLETE
+            assert t.values == [t.user_attrs["val_acc"], t.user_attrs["params"]]
+    assert 1 <= prechecked < 8
+
+    roles = runs_by_role(uri, "quick")
+    (parent,) = roles["study"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["optuna.sampler"] == "random"
+    assert parent.data.metrics["trials_complete"] == len(complete)
+    client = MlflowClient(uri)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "sweep_quick.yaml", "pareto.json", "finalists.json", "base_config.yaml",
+    }  # fmt: skip
+
+    # One child run per trial, linked to the parent, in the trial's final state.
+    children = roles["trial"]
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(8))
+    by_number = {t.number: t for t in trials}
+    for run in children:
+        trial = by_number[int(run.data.tags["optuna.trial"])]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["optuna.state"] == trial.state.name
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        if trial.state == TrialState.COMPLETE:
+            assert len(history) == 1 and "test_acc" not in run.data.metrics
+            assert run.data.params["data.train_fraction"] == "0.04"
+        else:
+            assert history == []  # never trained
+            assert run.data.tags["optuna.reason"] == trial.user_attrs["reason"]
+
+    # The finalist: the most accurate Pareto trial, retrained on all 60,000 images, 2 seeds.
+    (finalist,) = roles["finalist"]
+    seeds = roles["finalist_seed"]
+    assert len(seeds) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in seeds} == {finalist.info.run_id}
+    assert all(r.data.params["data.val_size"] == "0" for r in seeds)
+    accs = [r.data.metrics["test_acc"] for r in seeds]
+    assert finalist.data.metrics["test_acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert finalist.data.metrics["test_acc_std"] >= 0
+    best = max(complete, key=lambda t: t.user_attrs["val_acc"])
+    assert finalist.data.tags["optuna.trial"] == str(best.number)
+    assert "test_acc (mean +/- std)" in result.stdout
+
+
+def test_single_objective_sweep_prunes_weak_trials(sweep_env):
+    tmp_path, uri, args = sweep_env
+    result = run_cli(
+        "fmnist_lab.sweep", "sweep=lr_wd", *args, "model=convnet_20k", "augmentation=none",
+        "sweep.budget.n_trials=6", "sweep.budget.epochs=3", "sweep.sampler.name=random",
+        "sweep.pruner.n_startup_trials=2", "sweep.pruner.n_warmup_steps=0",
+        "sweep.space.optimizer.lr.low=1e-5", "sweep.space.optimizer.lr.high=0.05",
+        "sweep.finalists.seeds=0", "sweep.log_models=false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load(tmp_path, "lr_wd").get_trials()
+    assert len(trials) == 6
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, [t.user_attrs for t in trials]
+    client = MlflowClient(uri)
+    for t in trials:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        epochs = len(client.get_metric_history(run.info.run_id, "val_acc"))
+        if t.state == TrialState.PRUNED:
+            assert t.user_attrs["reason"].startswith("pruned after epoch")
+            assert epochs < 3 and run.data.tags["optuna.state"] == "PRUNED"
+        else:
+            assert t.state == TrialState.COMPLETE and epochs == 3
+
+
+def start_sweep(tmp_path: Path, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist_lab.sweep", *args], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+def wait_for_running_trial(tmp_path: Path, proc: subprocess.Popen, seen: set[int]):
+    """Block until a trial not in `seen` is RUNNING with its MLflow run started."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.5)
+        if not (tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal").exists():
+            continue
+        try:
+            trials = load(tmp_path, "quick").get_trials()
+        except KeyError:  # the study is not created yet
+            continue
+        running = [t for t in trials if t.state == TrialState.RUNNING
+                   and "mlflow_run_id" in t.user_attrs and t.number not in seen]  # fmt: skip
+        if running:
+            return running
+    pytest.fail("no trial started")
+
+
+def test_interrupt_kill_and_resume_finish_exactly_n_trials(sweep_env):
+    tmp_path, uri, args = sweep_env
+    sweep = ["sweep=quick", *args, "workers=2", "sweep.budget.n_trials=6",
+             "sweep.budget.epochs=2", "sweep.finalists.seeds=0"]  # fmt: skip
+    client = MlflowClient(uri)
+
+    # Ctrl-C (SIGINT to the sweep process alone): running trials are marked, exit 130.
+    proc = start_sweep(tmp_path, sweep)
+    running = wait_for_running_trial(tmp_path, proc, set())
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    trials = {t.number: t for t in load(tmp_path, "quick").get_trials()}
+    for t in running:
+        assert trials[t.number].state == TrialState.FAIL
+        assert trials[t.number].user_attrs["reason"] == "interrupted (Ctrl-C)"
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert runs_by_role(uri, "quick")["study"][0].info.status == "KILLED"
+
+    # kill -9 of the sweep mid-trial: its workers die with it; trials and runs stay RUNNING.
+    proc = start_sweep(tmp_path, sweep)
+    killed = wait_for_running_trial(tmp_path, proc, set(trials))
+    proc.kill()
+    proc.communicate(timeout=60)
+    pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in killed}
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids), "orphaned workers"
+    for t in killed:
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
+
+    # The same command resumes: dead trials FAIL, and the study ends at exactly 6 trials.
+    result = run_cli("fmnist_lab.sweep", *sweep, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming: trials" in result.stdout
+    final = load(tmp_path, "quick").get_trials()
+    assert sorted(t.number for t in final) == list(range(6))
+    assert not [t for t in final if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for t in killed:
+        again = next(f for f in final if f.number == t.number)
+        assert (
+            again.state == TrialState.FAIL and "worker process died" in again.user_attrs["reason"]
+        )
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    roles = runs_by_role(uri, "quick")
+    assert all(r.info.status != "RUNNING" for runs in roles.values() for r in runs)
+    assert len(roles["study"]) == 1 and roles["study"][0].info.status == "FINISHED"
+    assert len(roles["trial"]) == 6
