@@ -10,7 +10,7 @@ ifneq ($(wildcard $(SHARED_DATA)/fashion-mnist/*.gz),)
 export FMNIST_LAB_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run train test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-## The main job: a short real training run on Fashion-MNIST, tracked in ./mlflow.db.
+## The main job: the quick sweep on the real Fashion-MNIST, tracked in ./mlflow.db.
 run: venv
+	$(PY) -m fmnist_lab.sweep sweep=quick workers=2 $(ARGS)
+
+## One training run of the default CNN (3 epochs).
+train: venv
 	$(PY) -m fmnist_lab.train trainer.max_epochs=3 $(ARGS)
 
 ## Lint, then the whole test suite (real data, real MLflow stores; CPU only).
@@ -34,7 +38,7 @@ lint: venv
 
 ## Training throughput: Lightning path vs plain loop vs DataLoader (docs/benchmarks.md).
 bench: venv
-	$(PY) -m fmnist_lab.bench --model convnet_20k convnet_100k conv2dsimple2 $(ARGS)
+	$(PY) -m fmnist_lab.bench --model convnet_20k convnet_100k conv2dsimple2 --sweep quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -14,13 +14,18 @@ import argparse
 import logging
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 
+import optuna
 import pytorch_lightning as pl
 import torch
 import torchvision
 from hydra import compose, initialize_config_dir
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
@@ -133,16 +138,33 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {gpu}"
 
 
+def bench_sweep(name: str, workers: int) -> tuple[int, float]:
+    """Run sweep `name` (search only, no finalists) in a scratch folder: (trials, seconds)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "fmnist_lab.sweep", f"sweep={name}", f"workers={workers}",
+             "sweep.finalists.seeds=0", f"tracking.uri=sqlite:///{tmp}/mlflow.db"],
+            cwd=tmp, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        journal = JournalFileBackend(f"{tmp}/outputs/sweeps/{name}/optuna.journal")
+        study = optuna.load_study(study_name=name, storage=JournalStorage(journal))
+        return len(study.trials), seconds
+
+
 @exit_cleanly
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", nargs="+", default=["convnet"], help="conf/model names")
+    parser.add_argument("--model", nargs="*", default=["convnet"], help="conf/model names")
     parser.add_argument("--dataset", default="fashion_mnist", choices=list(IDX_DATASETS))
     parser.add_argument("--images", type=int, default=55000, help="training images per epoch")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (dataloader)")
     parser.add_argument("--skip-dataloader", action="store_true")
+    parser.add_argument("--sweep", default=None, help="also time this sweep's search")
+    parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument(
         "--no-channels-last",
         dest="channels_last",
@@ -166,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
           f"pytorch-lightning {pl.__version__}; {n} images, batch {args.batch_size}, "
           f"device {device}, channels_last {args.channels_last}")  # fmt: skip
     header = f"{'model':<16}{'params':>10}{'lightning':>12}{'plain':>12}{'dataloader':>12}"
-    print(header + f"{'L/plain':>10}{'L/dataloader':>14}   (images/s)")
+    if args.model:
+        print(header + f"{'L/plain':>10}{'L/dataloader':>14}   (images/s)")
     for model in args.model:
         net, _ = make_net(model, 0)
         params = count_params(net)
@@ -195,6 +218,13 @@ def main(argv: list[str] | None = None) -> None:
             f"{model:<16}{params:>10,}{light:>12,.0f}{plain:>12,.0f}{dl_rate:>12}"
             f"{light / plain:>9.2f}x{dl_ratio:>14}"
         )
+
+    if args.sweep:
+        print(f"\nsweep '{args.sweep}' (search only, from a cold start of the command):")
+        for workers in args.sweep_workers:
+            trials, seconds = bench_sweep(args.sweep, workers)
+            print(f"  workers={workers}: {trials} trials in {seconds:.0f} s = "
+                  f"{trials / seconds * 3600:.0f} trials/hour")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import json
 import logging
 import math
 import multiprocessing
@@ -24,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hydra
 import mlflow
@@ -656,14 +658,23 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
     print(f"finalists: {len(chosen)} trials x {policy.seeds} seeds, {policy.epochs} epochs on all "
           f"training images")  # fmt: skip
     ctx = WorkerContext(cfg, overrides, parent_id, mlflow.get_tracking_uri(), None)
+    recipe = f"{policy.seeds} seeds x {policy.epochs} epochs"
+    done = finished_finalists(parent_id, recipe)
     results = []
     for t in chosen:
+        if t.number in done:  # a resumed sweep keeps the finalists it already has
+            run = done[t.number]
+            accs = json.loads(run.data.tags["test_accs"])
+            results.append(Finalist(t.number, t.user_attrs["params"], t.user_attrs["val_acc"],
+                                    accs, run.info.run_id))  # fmt: skip
+            continue
         base = ["data.val_size=0", "data.train_fraction=1.0", f"trainer.max_epochs={policy.epochs}",
                 "test=true", "log_model=true", "trainer.progress_bar=false"]  # fmt: skip
         cfg_t = ctx.trial_config(t.user_attrs["overrides"], *base)
         size = tracking.human_count(t.user_attrs["params"])
         name = f"finalist-t{t.number}-{cfg_t.model.name}-{size}"
-        tags = {"role": "finalist", "optuna.study": study.study_name, "optuna.trial": str(t.number)}
+        tags = {"role": "finalist", "optuna.study": study.study_name, "optuna.trial": str(t.number),
+                "recipe": recipe}  # fmt: skip
         with tracking.tracked_run(cfg_t, name, tags, parent_id) as run:
             tracking.log_param_count(t.user_attrs["params"])
             mlflow.log_metric("val_acc", t.user_attrs["val_acc"])
@@ -677,6 +688,7 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
             finalist = Finalist(t.number, t.user_attrs["params"], t.user_attrs["val_acc"], accs,
                                 run.info.run_id)  # fmt: skip
             mlflow.log_metrics({"test_acc_mean": finalist.mean, "test_acc_std": finalist.std})
+            mlflow.set_tag("test_accs", json.dumps(accs))
         results.append(finalist)
         print(f"  finalist trial {t.number}: test_acc {finalist.mean:.4f} +/- {finalist.std:.4f}")
     results.sort(key=lambda f: f.params)
@@ -687,6 +699,22 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
         mlflow.log_metric("smallest_params_at_target", smallest.params)
         mlflow.set_tag("smallest_at_target_trial", str(smallest.trial))
     return results
+
+
+def finished_finalists(parent_id: str, recipe: str) -> dict[int, Any]:
+    """Finalist runs of this study already FINISHED with the same recipe, by trial number."""
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.role = 'finalist' "
+        f"and attributes.status = 'FINISHED'",
+    )
+    return {
+        int(r.data.tags["optuna.trial"]): r
+        for r in runs
+        if r.data.tags.get("recipe") == recipe and "test_accs" in r.data.tags
+    }
 
 
 def log_study_summary(study: optuna.Study, spec: DictConfig) -> None:

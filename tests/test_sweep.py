@@ -13,11 +13,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from .conftest import run_cli
+from fmnist_lab.sweep import WorkerContext
+
+from .conftest import CONF, run_cli
 
 
 @pytest.fixture
@@ -46,6 +49,24 @@ def runs_by_role(uri: str, experiment: str) -> dict[str, list]:
     for run in client.search_runs([exp.experiment_id], max_results=1000):
         roles.setdefault(run.data.tags.get("role"), []).append(run)
     return roles
+
+
+def test_trial_config_layers_budget_command_line_and_sample(data_root):
+    cfg = compose_sweep("sweep=quick")
+    ctx = WorkerContext(cfg, ["sweep=quick"], "parent", "sqlite://", None)
+    trial = ctx.trial_config(["model.filters=[8,16]", "optimizer.lr=0.004"])
+    assert trial.trainer.max_epochs == 2 and trial.data.train_fraction == 0.1  # the budget
+    assert trial.model.filters == [8, 16] and trial.optimizer.lr == 0.004
+    assert "sweep" not in trial and "workers" not in trial  # only what `train` takes
+    # Any override of the base config given on the command line still applies.
+    user = ["sweep=quick", "data=mnist", "trainer.max_epochs=5"]
+    trial = WorkerContext(cfg, user, "parent", "sqlite://", None).trial_config(["model.fc=[]"])
+    assert trial.data.name == "mnist" and trial.trainer.max_epochs == 5 and trial.model.fc == []
+
+
+def compose_sweep(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("sweep", overrides=list(overrides))
 
 
 def test_multi_objective_sweep_with_two_workers(sweep_env):
