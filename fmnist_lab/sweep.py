@@ -173,11 +173,10 @@ def trial_slot(cfg: DictConfig) -> Iterator[None]:
         yield
 
 
-def fail_dead_trials(study: optuna.Study, tracking_uri: str) -> list[int]:
+def fail_dead_trials(study: optuna.Study, tracking_uri: str, parent_id: str) -> list[int]:
     """Mark FAIL the RUNNING trials whose worker process on this machine is gone (a killed
     sweep), and their MLflow runs FAILED; other machines' trials are left to heartbeats."""
     failed = []
-    client = MlflowClient(tracking_uri)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, _, pid = trial.user_attrs.get("worker", ":").rpartition(":")
         if host != HOST or not pid.isdigit() or _alive(int(pid)):
@@ -186,10 +185,8 @@ def fail_dead_trials(study: optuna.Study, tracking_uri: str) -> list[int]:
         optuna.Trial(study, trial._trial_id).set_user_attr("reason", reason)
         study.tell(trial.number, state=TrialState.FAIL)
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "failure_reason", reason)
-            client.set_tag(run_id, "optuna.state", "FAIL")
-            client.set_terminated(run_id, "FAILED")
+        mark_trial_run(tracking_uri, parent_id, study, trial.number, run_id, TrialState.FAIL,
+                       reason)  # fmt: skip
         failed.append(trial.number)
     if isinstance(study._storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
@@ -316,21 +313,20 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
         result = train(cfg, callbacks=[pruning], parent_run_id=ctx.parent_run_id, tags=tags,
                        splits=ctx.splits_for(cfg.data))  # fmt: skip
     except KeyboardInterrupt:
-        finish(study, trial, TrialState.FAIL, "interrupted (Ctrl-C)", ctx.tracking_uri)
-        raise
+        raise  # the worker marks the trial
     except Exception as err:  # any failure of one trial: record it, the sweep goes on
-        finish(study, trial, TrialState.FAIL, f"{type(err).__name__}: {err}", ctx.tracking_uri)
+        finish(study, trial, TrialState.FAIL, f"{type(err).__name__}: {err}", ctx)
         return
     val_acc = result.metrics.get("val_acc")
     trial.set_user_attr("val_acc", val_acc)
     trial.set_user_attr("train_time_s", result.metrics.get("train_time_s"))
     if pruning.pruned_at is not None:
         reason = f"pruned after epoch {pruning.pruned_at} (val_acc {val_acc:.4f})"
-        finish(study, trial, TrialState.PRUNED, reason, ctx.tracking_uri)
+        finish(study, trial, TrialState.PRUNED, reason, ctx)
         return
     values = [n_params if o.metric == "params" else result.metrics[o.metric]
               for o in spec.objectives]  # fmt: skip
-    finish(study, trial, TrialState.COMPLETE, None, ctx.tracking_uri, values)
+    finish(study, trial, TrialState.COMPLETE, None, ctx, values)
 
 
 def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
@@ -340,21 +336,40 @@ def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
         if n_params is not None:
             tracking.log_param_count(n_params)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
-    finish(study, trial, TrialState.PRUNED, reason, ctx.tracking_uri)
+    finish(study, trial, TrialState.PRUNED, reason, ctx)
 
 
-def finish(study, trial, state: TrialState, reason: str | None, tracking_uri: str,
+def finish(study, trial, state: TrialState, reason: str | None, ctx: WorkerContext,
            values: Sequence[float] | None = None) -> None:  # fmt: skip
     """Tell the study, and tag the trial's MLflow run with the final state and reason."""
     if reason:
         trial.set_user_attr("reason", reason)
     run_id = trial.user_attrs.get("mlflow_run_id")
     study.tell(trial, values=values, state=state)
-    if run_id:
-        client = MlflowClient(tracking_uri)
-        client.set_tag(run_id, "optuna.state", state.name)
+    mark_trial_run(ctx.tracking_uri, ctx.parent_run_id, study, trial.number, run_id, state, reason)
+
+
+def mark_trial_run(uri: str, parent_id: str, study: optuna.Study, number: int,
+                   run_id: str | None, state: TrialState, reason: str | None) -> None:  # fmt: skip
+    """Tag a trial's child run with its final state; a trial that ended before its run
+    started (Ctrl-C while loading, a killed worker) gets a run saying so, so that every
+    trial has one."""
+    client = MlflowClient(uri)
+    if run_id is None:
+        parent = client.get_run(parent_id)
+        tags = {"mlflow.parentRunId": parent_id, "role": "trial", "optuna.study": study.study_name,
+                "optuna.trial": str(number)}  # fmt: skip
+        run_id = client.create_run(parent.info.experiment_id, tags=tags,
+                                   run_name=f"trial-{number}").info.run_id  # fmt: skip
+    client.set_tag(run_id, "optuna.state", state.name)
+    if reason:
+        client.set_tag(run_id, "optuna.reason", reason[:5000])
+    if client.get_run(run_id).info.status == "RUNNING":
         if reason:
-            client.set_tag(run_id, "optuna.reason", reason[:5000])
+            client.set_tag(run_id, "failure_reason", reason[:5000])
+        interrupted = reason is not None and reason.startswith("interrupted")
+        status = "FINISHED" if state != TrialState.FAIL else "KILLED" if interrupted else "FAILED"
+        client.set_terminated(run_id, status)
 
 
 def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
@@ -406,10 +421,15 @@ def worker_main(
         sampler=make_sampler(cfg.sweep, offset=7919 * index + done),
         pruner=make_pruner(cfg.sweep),
     )
+    trial = None
     try:
         while (trial := next_trial(ctx, study)) is not None:
             run_trial(ctx, study, trial)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        if trial is not None and trial.number in running:
+            finish(study, trial, TrialState.FAIL, "interrupted (Ctrl-C)", ctx)
         sys.exit(130)
 
 
@@ -467,16 +487,14 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
         raise UserError(f"workers={cfg.workers} must be at least 1")
     study = load_study(cfg)
     tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
-    uri = mlflow.get_tracking_uri()
-    failed = fail_dead_trials(study, uri)
-    if failed:
-        print(f"resuming: trials {failed} were left running by a killed sweep and are now FAIL")
     if cfg.enqueue_references and not study.trials:
         for ref in REFERENCES:
             study.enqueue_trial({}, user_attrs={"reference": ref})
-
     parent = open_parent_run(cfg, study)
     try:
+        failed = fail_dead_trials(study, mlflow.get_tracking_uri(), parent.info.run_id)
+        if failed:
+            print(f"resuming: trials {failed} were left running by a killed sweep; now FAIL")
         search(cfg, list(overrides), study, parent.info.run_id)
         finalists = run_finalists(cfg, list(overrides), study, parent.info.run_id)
     except KeyboardInterrupt:
