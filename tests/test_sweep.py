@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from fmnist_lab.sweep import WorkerContext
+from fmnist_lab.errors import UserError
+from fmnist_lab.sweep import WorkerContext, make_pruner, make_sampler
 
 from .conftest import CONF, run_cli
 
@@ -64,6 +65,31 @@ def test_trial_config_layers_budget_command_line_and_sample(data_root):
     assert trial.data.name == "mnist" and trial.trainer.max_epochs == 5 and trial.model.fc == []
 
 
+@pytest.mark.parametrize(
+    ("sampler", "pruner", "kinds"),
+    [
+        ("tpe", "median", (optuna.samplers.TPESampler, optuna.pruners.MedianPruner)),
+        ("nsga2", "hyperband", (optuna.samplers.NSGAIISampler, optuna.pruners.HyperbandPruner)),
+        ("random", "successive_halving",
+         (optuna.samplers.RandomSampler, optuna.pruners.SuccessiveHalvingPruner)),
+        ("grid", "none", (optuna.samplers.GridSampler, optuna.pruners.NopPruner)),
+    ],
+)  # fmt: skip
+def test_samplers_and_pruners_come_from_the_sweep_file(sampler, pruner, kinds):
+    cfg = compose_sweep("sweep=lr_wd", f"sweep.sampler.name={sampler}",
+                        f"sweep.pruner.name={pruner}",
+                        "+sweep.space.optimizer.lr.grid=[0.001,0.01]",
+                        "+sweep.space.optimizer.weight_decay.grid=[0.0]")  # fmt: skip
+    assert isinstance(make_sampler(cfg.sweep), kinds[0])
+    assert isinstance(make_pruner(cfg.sweep), kinds[1])
+
+
+def test_unknown_sampler_is_a_user_error():
+    cfg = compose_sweep("sweep=quick", "sweep.sampler.name=cmaes-ish")
+    with pytest.raises(UserError, match="sampler 'cmaes-ish' is not one of"):
+        make_sampler(cfg.sweep)
+
+
 def compose_sweep(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("sweep", overrides=list(overrides))
@@ -72,7 +98,8 @@ def compose_sweep(*overrides: str):
 def test_multi_objective_sweep_with_two_workers(sweep_env):
     tmp_path, uri, args = sweep_env
     result = run_cli(
-        "fmnist_lab.sweep", "sweep=quick", *args, "workers=2", "sweep.budget.n_trials=8",
+        "fmnist_lab.sweep", "sweep=quick", *args, "workers=2", "sweep.budget.n_trials=9",
+        "enqueue_references=true",
         "sweep.budget.epochs=1", "sweep.sampler.name=random", "sweep.sampler.seed=3",
         "sweep.constraints.max_params=20000", "sweep.space.model.fc.choices=[[],[256]]",
         "sweep.space.model.filters.length=[1,6]", "sweep.finalists.top_k=1",
@@ -82,7 +109,7 @@ def test_multi_objective_sweep_with_two_workers(sweep_env):
 
     study = load(tmp_path, "quick")
     trials = study.get_trials()
-    assert sorted(t.number for t in trials) == list(range(8))
+    assert sorted(t.number for t in trials) == list(range(9))
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) >= 2
@@ -90,8 +117,12 @@ def test_multi_objective_sweep_with_two_workers(sweep_env):
     assert len(workers) == 2  # both processes ran trials
 
     # The pre-checks end a trial before any training, with the reason recorded.
+    # The warm start: R3's CNN and R5's Conv2Dsimple2 came first, and are over the budget.
+    assert [t.user_attrs.get("reference") for t in trials[:2]] == ["r3_cnn", "conv2dsimple2"]
+    assert [t.user_attrs["overrides"] for t in trials[:2]] == [["model=r3_cnn"],
+                                                               ["model=conv2dsimple2"]]  # fmt: skip
     prechecked = 0
-    for t in trials:
+    for t in trials[2:]:
         filters = json.loads(t.user_attrs["overrides"][0].split("=", 1)[1])
         if len(filters) >= 5:
             assert t.state == TrialState.PRUNED and "poolings" in t.user_attrs["reason"]
@@ -102,7 +133,9 @@ def test_multi_objective_sweep_with_two_workers(sweep_env):
         else:
             assert t.state == TrialState.COMPLETE
             assert t.values == [t.user_attrs["val_acc"], t.user_attrs["params"]]
-    assert 1 <= prechecked < 8
+    assert 1 <= prechecked < 7
+    for t in trials[:2]:
+        assert t.state == TrialState.PRUNED and "exceed the budget" in t.user_attrs["reason"]
 
     roles = runs_by_role(uri, "quick")
     (parent,) = roles["study"]
@@ -116,7 +149,7 @@ def test_multi_objective_sweep_with_two_workers(sweep_env):
 
     # One child run per trial, linked to the parent, in the trial's final state.
     children = roles["trial"]
-    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(8))
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == list(range(9))
     by_number = {t.number: t for t in trials}
     for run in children:
         trial = by_number[int(run.data.tags["optuna.trial"])]
