@@ -51,6 +51,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Keys of conf/sweep.yaml that steer the sweep; a trial's training config drops them.
 SWEEP_KEYS = ("sweep", "study_name", "storage", "workers", "enqueue_references", "output_dir")
 REFERENCES = ("r3_cnn", "conv2dsimple2")  # the warm start of enqueue_references=true
+OBJECTIVES = ("val_acc", "val_loss", "params")  # what a trial can return
 HOST = socket.gethostname()
 
 log = logging.getLogger(__name__)
@@ -307,8 +308,10 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
         end_untrained(ctx, cfg, study, trial, n_params, reason, tags)
         return
 
-    multi = len(spec.objectives) > 1
-    pruning = PruneOnValidation(trial, enabled=not multi and spec.pruner.name != "none")
+    # Pruners compare the reported val_acc with the study's direction: only meaningful when
+    # that is the one objective (Optuna cannot prune multi-objective studies at all).
+    prunable = [o.metric for o in spec.objectives] == ["val_acc"] and spec.pruner.name != "none"
+    pruning = PruneOnValidation(trial, enabled=prunable)
     try:
         result = train(cfg, callbacks=[pruning], parent_run_id=ctx.parent_run_id, tags=tags,
                        splits=ctx.splits_for(cfg.data))  # fmt: skip
@@ -485,6 +488,14 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
     search_space.validate(search_space.flatten(spec.space))
     if cfg.workers < 1:
         raise UserError(f"workers={cfg.workers} must be at least 1")
+    if cfg.data.val_size < 1:
+        raise UserError("a sweep selects on the validation split: data.val_size must be > 0")
+    for o in spec.objectives:
+        if o.metric not in OBJECTIVES or o.direction not in ("maximize", "minimize"):
+            raise UserError(
+                f"objective {o.metric}/{o.direction}: metric must be one of "
+                f"{', '.join(OBJECTIVES)} and direction maximize or minimize"
+            )
     study = load_study(cfg)
     tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
     if cfg.enqueue_references and not study.trials:
