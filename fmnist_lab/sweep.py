@@ -354,25 +354,37 @@ def finish(study, trial, state: TrialState, reason: str | None, ctx: WorkerConte
 
 def mark_trial_run(uri: str, parent_id: str, study: optuna.Study, number: int,
                    run_id: str | None, state: TrialState, reason: str | None) -> None:  # fmt: skip
-    """Tag a trial's child run with its final state; a trial that ended before its run
-    started (Ctrl-C while loading, a killed worker) gets a run saying so, so that every
-    trial has one."""
+    """Tag a trial's child run with its final state, and end it if it is still RUNNING.
+
+    Without a recorded run id (the trial was cut before it noted one) the run is looked up by
+    its tags; a trial that never got as far as a run gets one saying so, so every trial has one.
+    """
     client = MlflowClient(uri)
-    if run_id is None:
-        parent = client.get_run(parent_id)
-        tags = {"mlflow.parentRunId": parent_id, "role": "trial", "optuna.study": study.study_name,
-                "optuna.trial": str(number)}  # fmt: skip
-        run_id = client.create_run(parent.info.experiment_id, tags=tags,
-                                   run_name=f"trial-{number}").info.run_id  # fmt: skip
-    client.set_tag(run_id, "optuna.state", state.name)
-    if reason:
-        client.set_tag(run_id, "optuna.reason", reason[:5000])
-    if client.get_run(run_id).info.status == "RUNNING":
+    if run_id is not None:
+        run_ids = [run_id]
+    else:
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`optuna.study` = '{study.study_name}' and tags.role = 'trial' "
+            f"and tags.`optuna.trial` = '{number}'",
+        )
+        run_ids = [r.info.run_id for r in found]
+        if not run_ids:
+            tags = {"mlflow.parentRunId": parent_id, "role": "trial",
+                    "optuna.study": study.study_name, "optuna.trial": str(number)}  # fmt: skip
+            run_ids = [client.create_run(experiment_id, tags=tags, run_name=f"trial-{number}")
+                       .info.run_id]  # fmt: skip
+    interrupted = reason is not None and reason.startswith("interrupted")
+    status = "FINISHED" if state != TrialState.FAIL else "KILLED" if interrupted else "FAILED"
+    for rid in run_ids:
+        client.set_tag(rid, "optuna.state", state.name)
         if reason:
-            client.set_tag(run_id, "failure_reason", reason[:5000])
-        interrupted = reason is not None and reason.startswith("interrupted")
-        status = "FINISHED" if state != TrialState.FAIL else "KILLED" if interrupted else "FAILED"
-        client.set_terminated(run_id, status)
+            client.set_tag(rid, "optuna.reason", reason[:5000])
+        if client.get_run(rid).info.status == "RUNNING":
+            if reason:
+                client.set_tag(rid, "failure_reason", reason[:5000])
+            client.set_terminated(rid, status)
 
 
 def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
