@@ -72,24 +72,9 @@ def bench_plain(net, splits, batch_size, device, warmup_batches, channels_last) 
         net = net.to(memory_format=torch.channels_last)
     x_all, y_all = splits.train_x.to(device), splits.train_y.to(device)
     mean, std = splits.mean, splits.std
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
     batches = DeviceBatches(x_all, y_all, batch_size, shuffle=True)
-
-    def epoch(limit):
-        start = time.perf_counter()
-        for i, (x, y) in enumerate(batches):
-            if limit is not None and i >= limit:
-                break
-            loss = loss_fn(net((x.float() / 255 - mean) / std), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        _sync(device)
-        return time.perf_counter() - start
-
-    epoch(warmup_batches)
-    return epoch(None)
+    return timed_epoch(net, batches, lambda x: (x.float() / 255 - mean) / std, device,
+                       warmup_batches)  # fmt: skip
 
 
 def bench_dataloader(net, dataset_name, root, cache_dir, indices, batch_size, device,
@@ -102,16 +87,22 @@ def bench_dataloader(net, dataset_name, root, cache_dir, indices, batch_size, de
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                         drop_last=True)  # fmt: skip
     net = net.to(device, memory_format=torch.contiguous_format).train()
+    return timed_epoch(net, loader, lambda x: x.to(device, non_blocking=True), device,
+                       warmup_batches)  # fmt: skip
+
+
+def timed_epoch(net, batches, prepare, device, warmup_batches) -> float:
+    """Seconds for one pass of SGD over `batches`, after a warm-up of `warmup_batches`;
+    `prepare` turns a batch of images into the net's input."""
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
     def epoch(limit):
         start = time.perf_counter()
-        for i, (x, y) in enumerate(loader):
+        for i, (x, y) in enumerate(batches):
             if limit is not None and i >= limit:
                 break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = loss_fn(net(x), y)
+            loss = loss_fn(net(prepare(x)), y.to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

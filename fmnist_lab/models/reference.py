@@ -34,7 +34,17 @@ def dense_head(width: int, hidden: Sequence[int], dropout: float, classes: int) 
     return nn.Sequential(*layers)
 
 
-class R3CNN(nn.Module):
+class FeaturesHead(nn.Module):
+    """A net that is `features` (convolutions) followed by `head` (FC layers)."""
+
+    features: nn.Module
+    head: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class R3CNN(FeaturesHead):
     """R3: conv 128, conv 128, conv 256 (3x3), FC 256, dropout 0.5, batch norm after every
     activation. Read literally (Keras' default 'valid' padding, no pooling) it has 32.2 M
     parameters, against the 23.1 M reported; no reading with 3x3 convs and a 256-wide FC
@@ -56,11 +66,8 @@ class R3CNN(nn.Module):
             nn.Linear(256, num_classes),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
-
-class Conv2DNet(nn.Module):
+class Conv2DNet(FeaturesHead):
     """R5 Conv2Dnet (3.2 M reported): conv 32, conv 64 ('same'), max pool, dropout 0.25,
     Dense 256, dropout 0.5 (the classic Keras MNIST net with 'same' padding): 3.23 M."""
 
@@ -74,11 +81,8 @@ class Conv2DNet(nn.Module):
         )
         self.head = dense_head(64 * 14 * 14, [256], 0.5, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
-
-class Conv2DSimple(nn.Module):
+class Conv2DSimple(FeaturesHead):
     """R5 Conv2Dsimple (0.4 M reported): two blocks of a 1x1 "network in network" conv before
     a 3x3 conv, batch norm, max pool, dropout 0.25; Dense 128 with dropout 0.25: 0.45 M."""
 
@@ -96,11 +100,8 @@ class Conv2DSimple(nn.Module):
         )
         self.head = dense_head(64 * 7 * 7, [128], 0.25, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
-
-class Conv2DSimple2(nn.Module):
+class Conv2DSimple2(FeaturesHead):
     """R5 Conv2Dsimple2 (0.6 M reported): two conv layers (32, 64; 3x3 'same'), each with
     batch norm, max pooling and dropout 0.25, then two FC layers (Dense 192 with dropout
     0.25, then the classes): 0.62 M."""
@@ -116,9 +117,6 @@ class Conv2DSimple2(nn.Module):
             nn.Dropout(0.25),
         )
         self.head = dense_head(64 * 7 * 7, fc, 0.25, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 class Conv2DSimple3(Conv2DSimple2):
@@ -147,7 +145,7 @@ class InceptionBlock(nn.Module):
         return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], dim=1)
 
 
-class InceptionCNN(nn.Module):
+class InceptionCNN(FeaturesHead):
     """R5 InceptionCNN (20.1 M reported; it overfit): one inception block of four 64-wide
     branches on the full 28x28 image, flattened into Dense 100: 20.2 M."""
 
@@ -155,6 +153,3 @@ class InceptionCNN(nn.Module):
         super().__init__()
         self.features = InceptionBlock(1, width)
         self.head = dense_head(4 * width * 28 * 28, [hidden], 0.0, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
