@@ -88,10 +88,10 @@ def load_splits(cfg) -> Splits:
         names = ", ".join([*IDX_DATASETS, "fashion_mnist_csv"])
         raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {names}")
 
-    if not 0 <= cfg.val_size < len(train_y):
+    if not isinstance(cfg.val_size, int) or not 0 <= cfg.val_size < len(train_y):
         raise UserError(
-            f"data.val_size={cfg.val_size} must be between 0 and {len(train_y) - 1}, "
-            f"the number of training images less one"
+            f"data.val_size={cfg.val_size} must be a whole number of images between 0 and "
+            f"{len(train_y) - 1}"
         )
     train_idx, val_idx = stratified_split(train_y, cfg.val_size, cfg.split_seed)
     if not 0 < cfg.train_fraction <= 1:

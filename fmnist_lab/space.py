@@ -59,8 +59,10 @@ def validate(space: Mapping[str, Mapping[str, Any]]) -> None:
             other = spec.get("same_length_as")
             if other is None and len(spec.get("length", ())) != 2:
                 raise UserError(f"search space '{key}': give length: [min, max] or same_length_as")
-            if other is not None and other not in space:
-                raise UserError(f"search space '{key}': same_length_as '{other}' is not searched")
+            if other is not None and not space.get(other, {}).get("type", "").endswith("_list"):
+                raise UserError(
+                    f"search space '{key}': same_length_as '{other}' is not a searched list"
+                )
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -86,6 +88,11 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> list
             item = kind.removesuffix("_list")
             values[key] = [_number(trial, f"{key}.{i}", item, spec) for i in range(n)]
     return [f"{key}={_text(values[key])}" for key in space]
+
+
+def override_value(value: Any) -> Any:
+    """A choice as it is written in a Hydra override."""
+    return _text(value)
 
 
 def grid(space: Mapping[str, Mapping[str, Any]]) -> dict[str, list]:

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -89,7 +90,7 @@ def make_sampler(spec: DictConfig, offset: int = 0) -> optuna.samplers.BaseSampl
     if s.name == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=s.get("n_startup_trials", 10),
-            multivariate=True, constraints_func=constraints,
+            multivariate=True, group=True, constraints_func=constraints,
         )  # fmt: skip
     if s.name == "nsga2":
         return optuna.samplers.NSGAIISampler(
@@ -144,7 +145,13 @@ def load_study(cfg: DictConfig) -> optuna.Study:
             f"study '{cfg.study_name}' already exists with other objectives; "
             f"give a new study_name= or use the original sweep file"
         )
-    study.set_metric_names([o.metric for o in spec.objectives])
+    metrics = [o.metric for o in spec.objectives]
+    if study.metric_names is not None and list(study.metric_names) != metrics:
+        raise UserError(
+            f"study '{cfg.study_name}' already exists with objectives {study.metric_names}; "
+            f"give a new study_name= or use the original sweep file"
+        )
+    study.set_metric_names(metrics)
     return study
 
 
@@ -242,6 +249,27 @@ class WorkerContext:
         return self.splits[key]
 
 
+def check_trial_configs(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Compose a trial's config with every categorical choice once, so that a misspelt key
+    or option in the sweep file stops the command before any worker starts."""
+    flat = search_space.flatten(cfg.sweep.space)
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sample = search_space.suggest(probe.ask(), flat)
+    ctx = WorkerContext(cfg, list(overrides), "", "", None)
+    variants = [sample]
+    for i, key in enumerate(flat):
+        if flat[key]["type"] == "categorical":
+            for choice in flat[key]["choices"]:
+                variant = list(sample)
+                variant[i] = f"{key}={search_space.override_value(choice)}"
+                variants.append(variant)
+    for variant in variants:
+        try:
+            ctx.trial_config(variant)
+        except Exception as err:
+            raise UserError(f"a trial's config cannot be composed with {variant}: {err}") from None
+
+
 def training_config(cfg: DictConfig) -> DictConfig:
     """A sweep config less its sweep keys: what `train` takes."""
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -280,7 +308,6 @@ class PruneOnValidation(pl.Callback):
 def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> None:
     """Train one trial and tell the study how it ended (COMPLETE, PRUNED or FAIL)."""
     spec = ctx.spec
-    trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
     reference = trial.user_attrs.get("reference")
     if reference:
         overrides = [f"model={reference}"]
@@ -313,8 +340,9 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     prunable = [o.metric for o in spec.objectives] == ["val_acc"] and spec.pruner.name != "none"
     pruning = PruneOnValidation(trial, enabled=prunable)
     try:
-        result = train(cfg, callbacks=[pruning], parent_run_id=ctx.parent_run_id, tags=tags,
-                       splits=ctx.splits_for(cfg.data))  # fmt: skip
+        with heartbeat(study, trial):
+            result = train(cfg, callbacks=[pruning], parent_run_id=ctx.parent_run_id, tags=tags,
+                           splits=ctx.splits_for(cfg.data))  # fmt: skip
     except KeyboardInterrupt:
         raise  # the worker marks the trial
     except Exception as err:  # any failure of one trial: record it, the sweep goes on
@@ -330,6 +358,31 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     values = [n_params if o.metric == "params" else result.metrics[o.metric]
               for o in spec.objectives]  # fmt: skip
     finish(study, trial, TrialState.COMPLETE, None, ctx, values)
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """While a trial trains, beat its heartbeat (RDB storages), so that a machine that dies
+    leaves trials that `fail_stale_trials` can find; ask/tell gets no beat from Optuna."""
+    storage = study._storage
+    interval = getattr(storage, "heartbeat_interval", None)
+    if not isinstance(storage, optuna.storages.RDBStorage) or not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            storage.record_heartbeat(trial._trial_id)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
@@ -399,7 +452,10 @@ def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
             return None
         if stop_condition_met(spec, trials):
             return None
-        return study.ask()
+        trial = study.ask()
+        # Noted under the lock, so a killed sweep never leaves a RUNNING trial without owner.
+        trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
+        return trial
 
 
 def stop_condition_met(spec: DictConfig, trials: Sequence[FrozenTrial]) -> bool:
@@ -415,10 +471,11 @@ def stop_condition_met(spec: DictConfig, trials: Sequence[FrozenTrial]) -> bool:
 
 
 def worker_main(
-    cfg_yaml: str, overrides: list[str], parent_run_id: str, deadline, threads, index: int
-):
+    cfg_yaml: str, overrides: list[str], parent_run_id: str, deadline, threads, index: int,
+    parent_pid: int,
+):  # fmt: skip
     """Entry point of worker number `index`: run trials until the study is done."""
-    _die_with_parent()
+    _die_with_parent(parent_pid)
     _quiet()
     cfg = OmegaConf.create(cfg_yaml)
     if threads:
@@ -448,13 +505,15 @@ def worker_main(
         sys.exit(130)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Linux: get SIGKILL when the sweep process dies, so no orphan keeps training."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if os.getppid() != parent_pid:  # it died while this process was still starting
+        os._exit(1)
 
 
 def _quiet() -> None:
@@ -502,6 +561,7 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
         raise UserError(f"workers={cfg.workers} must be at least 1")
     if cfg.data.val_size < 1:
         raise UserError("a sweep selects on the validation split: data.val_size must be > 0")
+    check_trial_configs(cfg, overrides)
     for o in spec.objectives:
         if o.metric not in OBJECTIVES or o.direction not in ("maximize", "minimize"):
             raise UserError(
@@ -533,14 +593,11 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
 
 def open_parent_run(cfg: DictConfig, study: optuna.Study) -> mlflow.ActiveRun:
     """The study's parent run: reopened when resuming, else started with the sweep's facts."""
-    client = MlflowClient()
-    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
-    found = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`optuna.study` = '{cfg.study_name}' and tags.role = 'study'",
-    )
-    if found:
-        return mlflow.start_run(run_id=found[0].info.run_id)
+    # The run's id lives in the study, so a new study of the same name (its storage deleted)
+    # never picks up an old study's parent run or finalists.
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if parent_id:
+        return mlflow.start_run(run_id=parent_id)
     spec = cfg.sweep
     run = mlflow.start_run(
         run_name=f"study-{cfg.study_name}",
@@ -557,6 +614,7 @@ def open_parent_run(cfg: DictConfig, study: optuna.Study) -> mlflow.ActiveRun:
     mlflow.log_params(tracking.flatten(OmegaConf.to_container(spec, resolve=True), "sweep."))
     mlflow.log_text(OmegaConf.to_yaml(spec), f"sweep_{spec.name}.yaml")
     mlflow.log_text(OmegaConf.to_yaml(training_config(cfg)), "base_config.yaml")
+    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
     return run
 
 
@@ -569,7 +627,8 @@ def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     workers = [
         context.Process(
-            target=worker_main, args=(cfg_yaml, overrides, parent_id, deadline, threads, i)
+            target=worker_main,
+            args=(cfg_yaml, overrides, parent_id, deadline, threads, i, os.getpid()),
         )
         for i in range(cfg.workers)
     ]
@@ -595,6 +654,12 @@ def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id
     progress.close()
     if any(w.exitcode == 130 for w in workers):
         raise KeyboardInterrupt
+    crashed = [w.exitcode for w in workers if w.exitcode != 0]
+    if crashed:
+        raise UserError(
+            f"{len(crashed)} worker(s) stopped with exit codes {crashed}; their error is "
+            f"printed above, and running the command again resumes"
+        )
 
 
 class Progress:

@@ -68,7 +68,7 @@ def test_suggestions_are_conditional_and_become_overrides():
         ({"type": "categorical"}, "needs a list of choices"),
         ({"type": "int", "low": 5, "high": 1}, "needs low <= high"),
         ({"type": "int_list", "low": 1, "high": 2}, "give length"),
-        ({"type": "float_list", "low": 0, "high": 1, "same_length_as": "x"}, "is not searched"),
+        ({"type": "float_list", "low": 0, "high": 1, "same_length_as": "x"}, "not a searched list"),
     ],
 )
 def test_bad_entries_are_refused_with_the_key(entry, message):

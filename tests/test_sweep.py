@@ -90,6 +90,20 @@ def test_unknown_sampler_is_a_user_error():
         make_sampler(cfg.sweep)
 
 
+def test_bad_sweep_entry_stops_before_any_trial(sweep_env):
+    tmp_path, _, args = sweep_env
+    result = run_cli(
+        "fmnist_lab.sweep", "sweep=quick", *args,
+        "+sweep.space.augmentation={type:categorical,choices:[none,nope]}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "a trial's config cannot be composed" in result.stderr and "nope" in result.stderr
+    assert not (tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal").exists() or not (
+        load(tmp_path, "quick").trials
+    )
+
+
 def compose_sweep(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("sweep", overrides=list(overrides))
