@@ -78,7 +78,13 @@ def open_storage(url: str):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    except ImportError:
+        raise UserError(f"storage {redact(url)} needs its database driver installed") from None
+    except Exception as err:  # unreachable server, bad credentials, malformed URL
+        reason = " ".join(str(err).split())[:300]
+        raise UserError(f"storage {redact(url)} cannot be opened: {reason}") from None
 
 
 def make_sampler(spec: DictConfig, offset: int = 0) -> optuna.samplers.BaseSampler:

@@ -300,3 +300,42 @@ def test_interrupt_kill_and_resume_finish_exactly_n_trials(sweep_env):
     assert all(r.info.status != "RUNNING" for runs in roles.values() for r in runs)
     assert len(roles["study"]) == 1 and roles["study"][0].info.status == "FINISHED"
     assert len(roles["trial"]) == 6
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the PostgreSQL at 127.0.0.1:5432, dropped afterwards.
+
+    Skipped when no server answers, except in CI (CI=true), where it is required."""
+    import uuid
+
+    import psycopg
+
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    name = f"fmnist_lab_{uuid.uuid4().hex[:12]}"
+    try:
+        conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {err}")
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({err})")
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_two_workers_on_a_postgresql_storage_finish_exactly_n_trials(sweep_env, postgres_url):
+    tmp_path, _, args = sweep_env
+    result = run_cli(
+        "fmnist_lab.sweep", "sweep=quick", *args, "workers=2", f"storage={postgres_url}",
+        "sweep.budget.n_trials=5", "sweep.budget.epochs=1", "sweep.finalists.seeds=0",
+        "sweep.log_models=false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="quick", storage=postgres_url)
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(5))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert not (tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal").exists()
