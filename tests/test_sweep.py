@@ -337,5 +337,10 @@ def test_two_workers_on_a_postgresql_storage_finish_exactly_n_trials(sweep_env, 
     study = optuna.load_study(study_name="quick", storage=postgres_url)
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(5))
-    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # The quick sweep's 100 k parameter budget may end a trial before training; none fails.
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        if t.state == TrialState.PRUNED:
+            assert "exceed the budget" in t.user_attrs["reason"]
     assert not (tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal").exists()
