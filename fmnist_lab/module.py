@@ -20,9 +20,9 @@ class Classifier(pl.LightningModule):
 
     `optimizer` is a partial taking the parameters (Hydra's `_partial_: true`); `schedule` is
     one of none / cosine / onecycle, stepped every batch over the whole run. `channels_last`
-    stores the conv weights NHWC. Metrics are
-    aggregated over the epoch on the device and logged once per epoch:
-    train_loss, train_acc, val_loss, val_acc, test_loss, test_acc.
+    stores the conv weights NHWC. Metrics are aggregated over the epoch on the device and
+    logged once per epoch: train_loss, train_acc, val_loss, val_acc, test_loss, test_acc.
+    A loss that is not finite (training or validation) raises FloatingPointError.
     """
 
     def __init__(
@@ -96,13 +96,18 @@ class Classifier(pl.LightningModule):
                 self.log(f"{stage}_{kind}", metric.compute())
             metric.reset()
 
-    def on_train_epoch_end(self) -> None:
-        loss = self.metrics["train_loss"]
+    def _check_finite(self, stage: str) -> None:
+        loss = self.metrics[f"{stage}_loss"]
         if loss.update_called and not torch.isfinite(loss.compute()):
-            raise FloatingPointError(f"training loss is not finite at epoch {self.current_epoch}")
+            name = "training" if stage == "train" else "validation"
+            raise FloatingPointError(f"{name} loss is not finite at epoch {self.current_epoch}")
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite("train")
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
+        self._check_finite("val")
         self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:

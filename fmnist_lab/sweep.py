@@ -295,16 +295,9 @@ class PruneOnValidation(pl.Callback):
         self.trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        metrics = trainer.callback_metrics
-        if "val_acc" not in metrics:
+        if not self.enabled or "val_acc" not in trainer.callback_metrics:
             return
-        if not math.isfinite(float(metrics["val_loss"])):
-            raise FloatingPointError(
-                f"validation loss is not finite at epoch {trainer.current_epoch}"
-            )
-        value = float(metrics["val_acc"])
-        if not self.enabled:
-            return
+        value = float(trainer.callback_metrics["val_acc"])
         self.trial.report(value, step=trainer.current_epoch)
         if self.trial.should_prune():
             self.pruned_at = trainer.current_epoch
@@ -491,14 +484,13 @@ def worker_main(
         overrides = [*overrides, f"trainer.threads={threads}"]
     tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
     ctx = WorkerContext(cfg, overrides, parent_run_id, mlflow.get_tracking_uri(), deadline)
-    storage = open_storage(storage_url(cfg))
-    done = len(optuna.load_study(study_name=cfg.study_name, storage=storage).trials)
     study = optuna.load_study(
         study_name=cfg.study_name,
-        storage=storage,
-        sampler=make_sampler(cfg.sweep, offset=7919 * index + done),
+        storage=open_storage(storage_url(cfg)),
         pruner=make_pruner(cfg.sweep),
     )
+    # Seeded by worker and by how far the study is, so no two draw the same samples.
+    study.sampler = make_sampler(cfg.sweep, offset=7919 * index + len(study.trials))
     trial = None
     try:
         while (trial := next_trial(ctx, study)) is not None:
