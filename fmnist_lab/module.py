@@ -23,6 +23,7 @@ class Classifier(pl.LightningModule):
     stores the conv weights NHWC. Metrics are aggregated over the epoch on the device and
     logged once per epoch: train_loss, train_acc, val_loss, val_acc, test_loss, test_acc.
     A loss that is not finite (training or validation) raises FloatingPointError.
+    The logits of the last test pass stay in `test_logits`, for the evaluation plots.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class Classifier(pl.LightningModule):
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.register_buffer("mean", torch.tensor(mean))
         self.register_buffer("std", torch.tensor(std))
+        self.test_logits: list[torch.Tensor] = []
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{kind}": MulticlassAccuracy(num_classes, average="micro")
@@ -78,6 +80,8 @@ class Classifier(pl.LightningModule):
         # Accumulated on the device; read once per epoch, so no host sync per step.
         self.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(y))
         self.metrics[f"{stage}_acc"].update(logits.detach(), y)
+        if stage == "test":
+            self.test_logits.append(logits.detach())
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -85,6 +89,9 @@ class Classifier(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_logits = []
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")

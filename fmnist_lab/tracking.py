@@ -149,13 +149,15 @@ def log_model(predictor: torch.nn.Module, example: torch.Tensor) -> str:
 class MlflowEpochLogger(Logger):
     """Lightning logger writing the epoch-level metrics to the active MLflow run.
 
-    The step of each metric is the epoch, so the MLflow UI charts them per epoch.
+    The step of each metric is the epoch, so the MLflow UI charts them per epoch. `history`
+    keeps what was logged, {name: [(epoch, value), ...]}, for the learning-curve plot.
     """
 
     def __init__(self, run_id: str) -> None:
         super().__init__()
         self.run_id = run_id
         self.client = mlflow.MlflowClient()
+        self.history: dict[str, list[tuple[int, float]]] = {}
 
     @property
     def name(self) -> str:
@@ -174,5 +176,7 @@ class MlflowEpochLogger(Logger):
         epoch = int(metrics.get("epoch", step or 0))
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        for m in batch:
+            self.history.setdefault(m.key, []).append((epoch, m.value))
         if batch:
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import hydra
 import mlflow
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fmnist_lab import tracking
+from fmnist_lab import evaluate, tracking
 from fmnist_lab.data import DataModule, Splits, load_splits
 from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
@@ -31,6 +32,7 @@ class RunResult:
     params: int
     metrics: dict[str, float]
     model_uri: str | None
+    confusion: np.ndarray | None = None  # test confusion matrix, when the run tested
 
 
 def train(
@@ -39,11 +41,13 @@ def train(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     splits: Splits | None = None,
+    name_prefix: str = "",
 ) -> RunResult:
     """Train, validate every epoch, optionally test, and log it all to one MLflow run.
 
     A sweep passes its trial's callbacks, the parent run, extra tags and the splits it has
-    already loaded (they must come from `cfg.data`).
+    already loaded (they must come from `cfg.data`). Run names say model and size
+    (`convnet-14k`), after `name_prefix` (a sweep's `t12-`).
     """
     # Batches come from device tensors, not a DataLoader, and only epoch metrics are logged:
     # Lightning's hints about workers and logging intervals do not apply.
@@ -70,18 +74,19 @@ def train(
     datamodule = DataModule(splits, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.seed)
 
     tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
-    name = f"{cfg.model.name}-{tracking.human_count(n_params)}"
+    name = f"{name_prefix}{cfg.model.name}-{tracking.human_count(n_params)}"
     run_tags = {"dataset": cfg.data.name, "model": cfg.model.name, **(tags or {})}
     if hasattr(net, "weights"):  # ResNet-18 says whether it starts from ImageNet weights
         run_tags["weights"] = net.weights
     with tracking.tracked_run(cfg, name, run_tags, parent_run_id) as run:
         tracking.log_param_count(n_params)
+        logger = tracking.MlflowEpochLogger(run.info.run_id)
         trainer = pl.Trainer(
             max_epochs=cfg.trainer.max_epochs,
             accelerator=cfg.trainer.accelerator,
             devices=cfg.trainer.devices,
             precision=cfg.trainer.precision,
-            logger=tracking.MlflowEpochLogger(run.info.run_id),
+            logger=logger,
             callbacks=list(callbacks),
             enable_checkpointing=False,
             enable_model_summary=False,
@@ -92,16 +97,23 @@ def train(
         )
         start = time.perf_counter()
         _interruptible(trainer.fit, module, datamodule=datamodule)
-        mlflow.log_metric("train_time_s", time.perf_counter() - start)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["train_time_s"] = time.perf_counter() - start
+        mlflow.log_metric("train_time_s", metrics["train_time_s"])
+        confusion = None
         if cfg.test:
             _interruptible(trainer.test, module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            if cfg.evaluate:
+                confusion = evaluate.log_evaluation(
+                    splits.test_x, splits.test_y, torch.cat(module.test_logits), splits.classes,
+                    logger.history,
+                )  # fmt: skip
         model_uri = None
         if cfg.log_model:
             example = splits.train_x[:2].float() / 255
             model_uri = tracking.log_model(Predictor(net, splits.mean, splits.std), example)
-    return RunResult(run.info.run_id, name, n_params, metrics, model_uri)
+    return RunResult(run.info.run_id, name, n_params, metrics, model_uri, confusion)
 
 
 def _interruptible(step, *args, **kwargs) -> None:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from PIL import Image
 
 from fmnist_lab.data import load_splits
+from fmnist_lab.evaluate import class_metric_names
 from fmnist_lab.models import build_model
 from fmnist_lab.train import train
 
@@ -41,9 +46,10 @@ def only_run(uri: str):
     return runs[0]
 
 
-@pytest.fixture
-def short_run(tmp_path, data_root, cache_dir):
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, data_root, cache_dir):
     """The CLI as a user runs it, in an empty folder, with MLflow's default local store."""
+    tmp_path = tmp_path_factory.mktemp("short_run")
     env = {"FMNIST_LAB_DATA": str(data_root), "FMNIST_LAB_CACHE": str(cache_dir)}
     result = run_cli("fmnist_lab.train", *SHORT_RUN, cwd=tmp_path,
                      env={**env, "MLFLOW_TRACKING_URI": ""})  # fmt: skip
@@ -98,6 +104,73 @@ def test_short_run_learns_and_records_everything(short_run, make_cfg):
     assert accuracy == pytest.approx(metrics["test_acc"], abs=1e-4)
     by_run = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     np.testing.assert_allclose(by_run.predict(x[:16]), probs[:16], rtol=1e-5, atol=1e-6)
+
+
+def test_tested_run_logs_its_evaluation(short_run, make_cfg):
+    _, run, client = short_run
+    run_id, metrics = run.info.run_id, run.data.metrics
+    folder = Path(client.download_artifacts(run_id, "evaluation"))
+    classes = load_splits(make_cfg("data.val_size=2000").data).classes
+
+    # The confusion matrix covers the 10,000 test images; its diagonal is the test accuracy.
+    cm = pd.read_csv(folder / "confusion_matrix.csv", index_col=0)
+    assert list(cm.index) == list(cm.columns) == classes
+    assert cm.to_numpy().sum() == 10000
+    assert np.trace(cm.to_numpy()) / 10000 == pytest.approx(metrics["test_acc"], abs=1e-4)
+
+    # Per-class metrics agree with the matrix, in the CSV and as MLflow metrics.
+    counts = cm.to_numpy().astype(float)
+    table = pd.read_csv(folder / "per_class.csv")
+    for i, name in enumerate(class_metric_names(classes)):
+        precision = counts[i, i] / counts[:, i].sum()
+        recall = counts[i, i] / counts[i].sum()
+        assert table.loc[i, "precision"] == pytest.approx(precision)
+        assert table.loc[i, "recall"] == pytest.approx(recall)
+        assert table.loc[i, "miss_rate"] == pytest.approx(1 - recall)
+        assert table.loc[i, "f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+        assert metrics[f"test_recall/{name}"] == pytest.approx(recall)
+        assert metrics[f"test_precision/{name}"] == pytest.approx(precision)
+        assert metrics[f"test_miss_rate/{name}"] == pytest.approx(1 - recall)
+    assert "test_f1/6_shirt" in metrics and "test_recall/0_tshirt_top" in metrics
+
+    # The most confident mistakes: 25, all wrong, most confident first.
+    mistakes = pd.read_csv(folder / "confident_mistakes.csv")
+    assert len(mistakes) == 25 and (mistakes["true"] != mistakes["predicted"]).all()
+    assert mistakes["probability"].is_monotonic_decreasing
+    assert (mistakes["true_class"] == [classes[i] for i in mistakes["true"]]).all()
+
+    # Learning curves: the per-epoch metrics MLflow holds.
+    curves = pd.read_csv(folder / "learning_curves.csv")
+    assert list(curves["epoch"]) == [0, 1, 2]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        logged = [m.value for m in client.get_metric_history(run_id, key)]
+        np.testing.assert_allclose(curves[key], logged, rtol=1e-6)
+
+    # Sample predictions with their top-3 probabilities, highest first.
+    samples = json.loads((folder / "sample_predictions.json").read_text())
+    assert len(samples) == 20
+    for s in samples:
+        assert len(s["top3"]) == 3 and s["probabilities"] == sorted(s["probabilities"])[::-1]
+        assert s["true_class"] == classes[s["true"]]
+
+    # Each plot is a PNG of the size it is drawn at, with real content on it.
+    sizes = {"confusion_matrix": (1600, 700), "confident_mistakes": (1200, 1350),
+             "sample_predictions": (1300, 1440), "learning_curves": (1200, 450)}  # fmt: skip
+    for name, size in sizes.items():
+        assert_real_png(folder / f"{name}.png", size)
+
+
+def assert_real_png(path: Path, size: tuple[int, int]) -> None:
+    """A valid PNG of `size` (width, height) that is not blank."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.size == size, path
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    values, counts = np.unique(pixels, return_counts=True)
+    background = values[counts.argmax()]
+    assert pixels.std() > 10 and (pixels != background).mean() > 0.02, f"{path} looks blank"
 
 
 def test_same_seed_same_run(make_cfg, tracking_uri):
