@@ -71,39 +71,60 @@ def load_splits(cfg) -> Splits:
     `cfg` is the `data` config group: name, root, cache_dir, val_size, split_seed,
     train_fraction (and train_file / test_file for the CSV form).
     """
-    if cfg.name in IDX_DATASETS:
-        (train_x, train_y), (test_x, test_y) = _load_idx(cfg.name, cfg.root, cfg.cache_dir)
-        classes = IDX_DATASETS[cfg.name][1]
-    elif cfg.name == "fashion_mnist_csv":
-        root = _data_root(cfg.root)
-        if root is None:
-            raise UserError(
-                f"the CSV dataset needs a directory: set data.root= or {DATA_ENV} to the folder "
-                f"holding {cfg.train_file} and {cfg.test_file}"
-            )
-        train_x, train_y = read_csv(root / cfg.train_file)
-        test_x, test_y = read_csv(root / cfg.test_file)
-        classes = FASHION_CLASSES
-    else:
-        names = ", ".join([*IDX_DATASETS, "fashion_mnist_csv"])
-        raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {names}")
-
+    (train_x, train_y), (test_x, test_y), classes = load_dataset(cfg)
     if not isinstance(cfg.val_size, int) or not 0 <= cfg.val_size < len(train_y):
         raise UserError(
             f"data.val_size={cfg.val_size} must be a whole number of images between 0 and "
             f"{len(train_y) - 1}"
         )
     train_idx, val_idx = stratified_split(train_y, cfg.val_size, cfg.split_seed)
-    if not 0 < cfg.train_fraction <= 1:
-        raise UserError(f"data.train_fraction={cfg.train_fraction} must be in (0, 1]")
-    if cfg.train_fraction < 1:
-        drop = len(train_idx) - max(1, round(cfg.train_fraction * len(train_idx)))
-        keep, _ = stratified_split(train_y[train_idx], drop, cfg.split_seed + 1)
-        train_idx = train_idx[keep]
+    train_idx = train_idx[_fraction(train_y[train_idx], cfg)]
     return Splits(
         train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
         test_x, test_y, classes,
     )  # fmt: skip
+
+
+def fold_splits(cfg, folds: int) -> Iterator[Splits]:
+    """Stratified k-fold cross-validation over the training images: fold i validates on its
+    own images and trains on the others. `data.train_fraction` subsets the images first;
+    `data.val_size` does not apply (the folds replace it)."""
+    if not isinstance(folds, int) or folds < 2:
+        raise UserError(f"folds={folds} must be a whole number of at least 2")
+    (train_x, train_y), (test_x, test_y), classes = load_dataset(cfg)
+    keep = _fraction(train_y, cfg)
+    train_x, train_y = train_x[keep], train_y[keep]
+    for held in stratified_folds(train_y, folds, cfg.split_seed):
+        mask = torch.ones(len(train_y), dtype=torch.bool)
+        mask[held] = False
+        yield Splits(train_x[mask], train_y[mask], train_x[held], train_y[held],
+                     test_x, test_y, classes)  # fmt: skip
+
+
+def load_dataset(cfg):
+    """((train_x, train_y), (test_x, test_y), class names) of the dataset `cfg.name`."""
+    if cfg.name in IDX_DATASETS:
+        return (*_load_idx(cfg.name, cfg.root, cfg.cache_dir), IDX_DATASETS[cfg.name][1])
+    if cfg.name == "fashion_mnist_csv":
+        root = _data_root(cfg.root)
+        if root is None:
+            raise UserError(
+                f"the CSV dataset needs a directory: set data.root= or {DATA_ENV} to the folder "
+                f"holding {cfg.train_file} and {cfg.test_file}"
+            )
+        return read_csv(root / cfg.train_file), read_csv(root / cfg.test_file), FASHION_CLASSES
+    names = ", ".join([*IDX_DATASETS, "fashion_mnist_csv"])
+    raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {names}")
+
+
+def _fraction(y: torch.Tensor, cfg) -> torch.Tensor:
+    """Indices of the stratified `data.train_fraction` share of the labels `y`."""
+    if not 0 < cfg.train_fraction <= 1:
+        raise UserError(f"data.train_fraction={cfg.train_fraction} must be in (0, 1]")
+    if cfg.train_fraction == 1:
+        return torch.arange(len(y))
+    drop = len(y) - max(1, round(cfg.train_fraction * len(y)))
+    return stratified_split(y, drop, cfg.split_seed + 1)[0]
 
 
 def stratified_split(
@@ -126,6 +147,20 @@ def stratified_split(
     mask = torch.ones(len(y), dtype=torch.bool)
     mask[held] = False
     return mask.nonzero().squeeze(1), held.sort().values
+
+
+def stratified_folds(y: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
+    """Indices of `y` dealt into `k` folds of (nearly) equal size and equal class shares."""
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    fold = torch.empty(len(y), dtype=torch.long)
+    offset = 0
+    for c in y.unique():
+        members = perm[y[perm] == c]
+        # Each class is dealt round-robin, continuing where the last class stopped, so fold
+        # sizes differ by at most one.
+        fold[members] = (torch.arange(len(members)) + offset) % k
+        offset += len(members)
+    return [(fold == i).nonzero().squeeze(1) for i in range(k)]
 
 
 def _data_root(root: str | None) -> Path | None:
