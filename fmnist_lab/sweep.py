@@ -41,8 +41,8 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
+from fmnist_lab import evaluate, registry, tracking
 from fmnist_lab import space as search_space
-from fmnist_lab import tracking
 from fmnist_lab.data import Splits, load_splits
 from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
@@ -50,7 +50,8 @@ from fmnist_lab.train import train
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Keys of conf/sweep.yaml that steer the sweep; a trial's training config drops them.
-SWEEP_KEYS = ("sweep", "study_name", "storage", "workers", "enqueue_references", "output_dir")
+SWEEP_KEYS = ("sweep", "study_name", "storage", "workers", "enqueue_references", "output_dir",
+              "registry")  # fmt: skip
 REFERENCES = ("r3_cnn", "conv2dsimple2")  # the warm start of enqueue_references=true
 OBJECTIVES = ("val_acc", "val_loss", "params")  # what a trial can return
 HOST = socket.gethostname()
@@ -340,8 +341,14 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     pruning = PruneOnValidation(trial, enabled=prunable)
     try:
         with heartbeat(study, trial):
-            result = train(cfg, callbacks=[pruning], parent_run_id=ctx.parent_run_id, tags=tags,
-                           splits=ctx.splits_for(cfg.data))  # fmt: skip
+            result = train(
+                cfg,
+                callbacks=[pruning],
+                parent_run_id=ctx.parent_run_id,
+                tags=tags,
+                splits=ctx.splits_for(cfg.data),
+                name_prefix=f"t{trial.number}-",
+            )
     except KeyboardInterrupt:
         raise  # the worker marks the trial
     except Exception as err:  # any failure of one trial: record it, the sweep goes on
@@ -386,7 +393,8 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
 
 def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
     """A trial ended before training still gets its child run, saying why."""
-    name = f"{cfg.model.name}-{tracking.human_count(n_params) if n_params else 'invalid'}"
+    size = tracking.human_count(n_params) if n_params else "invalid"
+    name = f"t{trial.number}-{cfg.model.name}-{size}"
     with tracking.tracked_run(cfg, name, tags, ctx.parent_run_id) as run:
         if n_params is not None:
             tracking.log_param_count(n_params)
@@ -531,6 +539,7 @@ class Finalist:
     val_acc: float
     test_accs: list[float]
     run_id: str
+    model_uri: str | None = None  # seed 0's model, the one the registry takes
 
     @property
     def mean(self) -> float:
@@ -578,6 +587,7 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
             print(f"resuming: trials {failed} were left running by a killed sweep; now FAIL")
         search(cfg, list(overrides), study, parent.info.run_id)
         finalists = run_finalists(cfg, list(overrides), study, parent.info.run_id)
+        register_best(cfg, finalists, parent.info.run_id)
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
@@ -769,30 +779,59 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
         if t.number in done:  # a resumed sweep keeps the finalists it already has
             run = done[t.number]
             accs = json.loads(run.data.tags["test_accs"])
-            results.append(Finalist(t.number, t.user_attrs["params"], t.user_attrs["val_acc"],
-                                    accs, run.info.run_id))  # fmt: skip
+            results.append(
+                Finalist(
+                    t.number,
+                    t.user_attrs["params"],
+                    t.user_attrs["val_acc"],
+                    accs,
+                    run.info.run_id,
+                    run.data.tags.get("model_uri"),
+                )
+            )
             continue
         base = ["data.val_size=0", "data.train_fraction=1.0", f"trainer.max_epochs={policy.epochs}",
                 "test=true", "log_model=true", "trainer.progress_bar=false"]  # fmt: skip
         cfg_t = ctx.trial_config(t.user_attrs["overrides"], *base)
         size = tracking.human_count(t.user_attrs["params"])
         name = f"finalist-t{t.number}-{cfg_t.model.name}-{size}"
-        tags = {"role": "finalist", "optuna.study": study.study_name, "optuna.trial": str(t.number),
-                "recipe": recipe}  # fmt: skip
+        tags = {
+            "role": "finalist",
+            "optuna.study": study.study_name,
+            "optuna.trial": str(t.number),
+            "recipe": recipe,
+            "model": cfg_t.model.name,
+            "dataset": cfg_t.data.name,
+        }
         with tracking.tracked_run(cfg_t, name, tags, parent_id) as run:
             tracking.log_param_count(t.user_attrs["params"])
             mlflow.log_metric("val_acc", t.user_attrs["val_acc"])
-            accs = []
+            seeds = []
             for seed in range(policy.seeds):
                 seed_cfg = ctx.trial_config(t.user_attrs["overrides"], *base, f"seed={seed}")
-                r = train(seed_cfg, parent_run_id=run.info.run_id,
-                          tags={**tags, "role": "finalist_seed", "seed": str(seed)},
-                          splits=ctx.splits_for(seed_cfg.data))  # fmt: skip
-                accs.append(r.metrics["test_acc"])
+                splits = ctx.splits_for(seed_cfg.data)
+                result = train(
+                    seed_cfg,
+                    parent_run_id=run.info.run_id,
+                    tags={**tags, "role": "finalist_seed", "seed": str(seed)},
+                    splits=splits,
+                    name_prefix=f"finalist-t{t.number}-seed{seed}-",
+                )
+                seeds.append(result)
+            accs = [r.metrics["test_acc"] for r in seeds]
             finalist = Finalist(t.number, t.user_attrs["params"], t.user_attrs["val_acc"], accs,
-                                run.info.run_id)  # fmt: skip
-            mlflow.log_metrics({"test_acc_mean": finalist.mean, "test_acc_std": finalist.std})
+                                run.info.run_id, seeds[0].model_uri)  # fmt: skip
+            mlflow.log_metrics({
+                "test_acc_mean": finalist.mean,
+                "test_acc_std": finalist.std,
+                "train_time_s": sum(r.metrics["train_time_s"] for r in seeds) / len(seeds),
+            })  # fmt: skip
             mlflow.set_tag("test_accs", json.dumps(accs))
+            if finalist.model_uri:
+                mlflow.set_tag("model_uri", finalist.model_uri)
+            if all(r.confusion is not None for r in seeds):
+                evaluate.log_confusion(sum(r.confusion for r in seeds), splits.classes,
+                                       f"{len(seeds)} seeds,")  # fmt: skip
         results.append(finalist)
         print(f"  finalist trial {t.number}: test_acc {finalist.mean:.4f} +/- {finalist.std:.4f}")
     results.sort(key=lambda f: f.params)
@@ -803,6 +842,33 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
         mlflow.log_metric("smallest_params_at_target", smallest.params)
         mlflow.set_tag("smallest_at_target_trial", str(smallest.trial))
     return results
+
+
+def register_best(cfg: DictConfig, finalists: list[Finalist], parent_id: str) -> None:
+    """Register the study's champion: the finalist with the best mean test accuracy within
+    `registry.max_params` (the registry compares finalists; the study chose them on
+    validation data). Its seed-0 model becomes a new version; see `fmnist_lab.registry`."""
+    reg = cfg.registry
+    if not reg.enabled:
+        return
+    limit = reg.max_params
+    eligible = [f for f in finalists if f.model_uri and (limit is None or f.params <= limit)]
+    if not eligible:
+        print(f"registry: no finalist with a logged model within {reg.max_params} parameters; "
+              f"{reg.name} unchanged")  # fmt: skip
+        return
+    best = max(eligible, key=lambda f: f.mean)
+    if MlflowClient().get_run(parent_id).data.tags.get("registry.finalist_run") == best.run_id:
+        return  # a resumed sweep registered this finalist already
+    tags = {"params": str(best.params), "test_acc_mean": f"{best.mean:.6f}",
+            "test_acc_std": f"{best.std:.6f}", "val_acc": f"{best.val_acc:.6f}",
+            "dataset": cfg.data.name, "optuna.study": cfg.study_name,
+            "optuna.trial": str(best.trial), "finalist_run": best.run_id}  # fmt: skip
+    result = registry.register_champion(best.model_uri, reg.name, reg.alias, tags, best.mean)
+    mlflow.set_tags({"registry.model": reg.name, "registry.version": result.version,
+                     "registry.finalist_run": best.run_id,
+                     f"registry.{reg.alias}": str(result.moved).lower()})  # fmt: skip
+    print(result.describe())
 
 
 def finished_finalists(parent_id: str, recipe: str) -> dict[int, Any]:
