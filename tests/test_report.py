@@ -1,0 +1,244 @@
+"""The comparison report and the model registry, on a real small sweep's
+MLflow store and Optuna journal, and on real training runs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from fmnist_lab.data import load_splits
+from fmnist_lab.registry import register_champion
+from fmnist_lab.report import pareto_flags
+
+from .conftest import run_cli
+from .test_train import assert_real_png
+
+STUDY = "report_test"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_root, cache_dir):
+    """A real multi-objective sweep: 6 trials on 2,200 images, 2 finalists x 2 seeds."""
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # create the store before the workers race for it
+    result = run_cli(
+        "fmnist_lab.sweep", "sweep=quick", f"study_name={STUDY}", f"data.root={data_root}",
+        f"data.cache_dir={cache_dir}", f"tracking.uri={uri}", "data.val_size=1000",
+        "sweep.budget.train_fraction=0.04", "sweep.budget.epochs=1", "sweep.budget.n_trials=6",
+        "sweep.sampler.name=random", "sweep.sampler.seed=1", "workers=2",
+        "sweep.finalists.top_k=2", "sweep.finalists.seeds=2", "sweep.finalists.epochs=1",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path, uri, result
+
+
+def report(tmp_path: Path, uri: str, *args: str):
+    return run_cli("fmnist_lab.report", "--tracking-uri", uri, *args, cwd=tmp_path)
+
+
+def expected_rows(uri: str) -> dict[str, mlflow.entities.Run]:
+    """What the report must list, straight from MlflowClient: the study's completed trials
+    and its finalists."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(STUDY)
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.role = 'study'")
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    return {
+        r.info.run_id: r
+        for r in children
+        if r.data.tags["role"] == "finalist"
+        or (r.data.tags["role"] == "trial" and r.data.tags["optuna.state"] == "COMPLETE")
+    }
+
+
+def test_pareto_flags_on_hand_made_points():
+    points = [(100, 0.80), (200, 0.85), (150, 0.79), (300, 0.85), (50, 0.70), (400, None),
+              (200, 0.85)]  # fmt: skip
+    # (150, .79) loses to (100, .80); (300, .85) to (200, .85); ties dominate neither.
+    assert pareto_flags(points) == [True, True, False, False, True, False, True]
+    assert pareto_flags([]) == []
+
+
+def test_report_rows_equal_what_mlflow_holds(sweep):
+    tmp_path, uri, _ = sweep
+    result = report(tmp_path, uri, "--study", STUDY, "--format", "json", "--no-log")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout)
+    expected = expected_rows(uri)
+    assert {r["run_id"] for r in rows} == set(expected)
+    assert sum(r["role"] == "finalist" for r in rows) == 2
+    for row in rows:
+        run = expected[row["run_id"]]
+        metrics = run.data.metrics
+        assert row["run"] == run.info.run_name and row["model"] == run.data.tags["model"]
+        assert row["params"] == metrics["params"] and row["val_acc"] == metrics["val_acc"]
+        assert row["train_time_s"] == metrics["train_time_s"]
+        if row["role"] == "finalist":
+            assert row["test_acc_mean"] == metrics["test_acc_mean"]
+            assert row["test_acc_std"] == metrics["test_acc_std"] and row["n_test"] == 2
+        else:
+            assert row["test_acc_mean"] is None  # trials never see the test split
+    assert [r["params"] for r in rows] == sorted(r["params"] for r in rows)
+    flags = pareto_flags([(r["params"], r["val_acc"]) for r in rows])
+    assert [r["pareto"] for r in rows] == flags and any(flags)
+
+
+def test_report_formats(sweep):
+    tmp_path, uri, _ = sweep
+    n = len(expected_rows(uri))
+    table = report(tmp_path, uri, "--study", STUDY, "--no-log")
+    assert table.returncode == 0 and "val_acc %" in table.stdout and "+/-" in table.stdout
+    markdown = report(tmp_path, uri, "--study", STUDY, "--format", "markdown", "--no-log")
+    lines = markdown.stdout.strip().splitlines()
+    assert lines[0].startswith("| run | model | params |") and len(lines) == n + 2
+    csv = report(tmp_path, uri, "--study", STUDY, "--format", "csv", "--no-log")
+    frame = pd.read_csv(pd.io.common.StringIO(csv.stdout))
+    assert len(frame) == n and {"params", "val_acc", "test_acc_mean", "pareto"} <= set(frame)
+
+
+def test_report_plots_and_study_analyses_are_logged_to_the_parent(sweep):
+    tmp_path, uri, _ = sweep
+    result = report(tmp_path, uri, "--study", STUDY, "--output", str(tmp_path / "rep"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "rep"
+    assert_real_png(out / "params_vs_accuracy.png", (1100, 650))
+    html = (out / "params_vs_accuracy.html").read_text()
+    assert "plotly" in html and "Pareto frontier" in html and "R5 Conv2Dsimple2" in html
+    importances = json.loads((out / "param_importances.json").read_text())
+    assert set(importances) == {"val_acc", "params"}
+    assert all(abs(sum(v.values()) - 1) < 1e-6 for v in importances.values())
+    assert_real_png(out / "param_importances_val_acc.png", (1000, 600))
+    assert_real_png(out / "optimization_history_val_acc.png", (1000, 600))
+    assert "Optuna study" in (out / "optuna_study.html").read_text()
+
+    client = MlflowClient(uri)
+    parent = client.search_runs(
+        [client.get_experiment_by_name(STUDY).experiment_id], "tags.role = 'study'"
+    )[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {
+        "report/params_vs_accuracy.png", "report/params_vs_accuracy.html",
+        "report/param_importances.json", "report/optimization_history_val_acc.png",
+    } <= logged  # fmt: skip
+
+
+def test_report_errors_are_one_line(sweep):
+    tmp_path, uri, _ = sweep
+    missing = report(tmp_path, uri, "--study", "no_such_study")
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+    assert "no study 'no_such_study'" in missing.stderr
+    run = report(tmp_path, uri, "--runs", "0123abc")
+    assert run.returncode == 2 and "no run '0123abc'" in run.stderr
+    both = report(tmp_path, uri, "--study", STUDY, "--experiment", STUDY)
+    assert both.returncode == 2 and "exactly one" in both.stderr
+
+
+def test_champion_is_registered_and_predicts(sweep, make_cfg):
+    tmp_path, uri, result = sweep
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    finalists = [r for r in expected_rows(uri).values() if r.data.tags["role"] == "finalist"]
+    best = max(finalists, key=lambda r: r.data.metrics["test_acc_mean"])
+    version = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
+    assert version.tags["finalist_run"] == best.info.run_id
+    assert int(version.tags["params"]) == best.data.metrics["params"]
+    assert float(version.tags["test_acc_mean"]) == pytest.approx(
+        best.data.metrics["test_acc_mean"], abs=1e-6
+    )
+    assert "alias 'champion' set" in result.stdout
+
+    model = mlflow.pyfunc.load_model("models:/fmnist-fashion_mnist@champion")
+    splits = load_splits(make_cfg("data.val_size=0").data)
+    probs = model.predict((splits.test_x.float() / 255).numpy())
+    accuracy = (probs.argmax(1) == splits.test_y.numpy()).mean()
+    seed0 = json.loads(best.data.tags["test_accs"])[0]  # the registered model is seed 0's
+    assert accuracy == pytest.approx(seed0, abs=1e-4)
+
+
+def test_alias_moves_only_to_a_better_champion(sweep):
+    _, uri, _ = sweep
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    current = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
+    acc = float(current.tags["test_acc_mean"])
+    worse = register_champion(current.source, "fmnist-fashion_mnist", "champion", {}, acc - 0.01)
+    assert not worse.moved and "stays on version" in worse.describe()
+    champion = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
+    assert str(champion.version) == str(current.version)
+    better = register_champion(current.source, "fmnist-fashion_mnist", "champion", {}, acc + 0.01)
+    assert better.moved and better.previous == (str(current.version), pytest.approx(acc))
+    champion = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
+    assert str(champion.version) == better.version
+
+
+def test_compare_datasets_lines_up_a_config_on_both(tmp_path, data_root, cache_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = [f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}",
+              "tracking.experiment=both", "data.train_fraction=0.02", "data.val_size=500",
+              "trainer.max_epochs=1", "log_model=false", "evaluate=false",
+              "trainer.progress_bar=false", "model.filters=[8,16]"]  # fmt: skip
+    for dataset, seed in (("fashion_mnist", 0), ("fashion_mnist", 1), ("mnist", 0)):
+        run = run_cli("fmnist_lab.train", f"data={dataset}", f"seed={seed}", *common, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+    result = run_cli("fmnist_lab.report", "--tracking-uri", uri, "--experiment", "both",
+                     "--compare-datasets", "--format", "json", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(result.stdout)  # one config, both datasets side by side
+    assert row["model"] == "convnet"
+    assert "(n=2)" in row["Fashion-MNIST"] and "(n=1)" in row["MNIST"]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("both").experiment_id])
+    mnist = next(r for r in runs if r.data.tags["dataset"] == "mnist")
+    assert row["MNIST"].startswith(f"{100 * mnist.data.metrics['test_acc']:.2f} +/- 0.00")
+
+    # A report of MNIST runs draws MNIST's reference results, not Fashion-MNIST's.
+    out = tmp_path / "mnist_report"
+    result = run_cli("fmnist_lab.report", "--tracking-uri", uri, "--runs", mnist.info.run_id,
+                     "--output", str(out), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (out / "params_vs_accuracy.html").read_text()
+    assert "(MNIST)" in html and "under 9k params" in html and "R5 Conv2Dsimple2" not in html
+    assert_real_png(out / "params_vs_accuracy.png", (1100, 650))
+
+
+def test_optuna_dashboard_opens_the_sweeps_journal(sweep):
+    tmp_path, _, _ = sweep
+    journal = tmp_path / "outputs" / "sweeps" / STUDY / "optuna.journal"
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [str(Path(sys.executable).parent / "optuna-dashboard"), str(journal), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline, studies = time.time() + 60, None
+        while studies is None and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as reply:
+                    studies = json.load(reply)["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "optuna-dashboard did not answer"
+        assert [s["study_name"] for s in studies] == [STUDY]
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
