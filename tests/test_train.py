@@ -19,6 +19,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
+from fmnist_lab import tracking
 from fmnist_lab.data import load_splits
 from fmnist_lab.evaluate import class_metric_names
 from fmnist_lab.models import build_model
@@ -104,6 +105,18 @@ def test_short_run_learns_and_records_everything(short_run, make_cfg):
     assert accuracy == pytest.approx(metrics["test_acc"], abs=1e-4)
     by_run = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     np.testing.assert_allclose(by_run.predict(x[:16]), probs[:16], rtol=1e-5, atol=1e-6)
+
+
+def test_experiment_is_ready_for_the_mlflow_ui(short_run):
+    _, run, client = short_run
+    tags = client.get_experiment(run.info.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags[tracking.VIEW_TAG])
+    state = json.loads(view["state"])
+    scatters = [(c["xaxis"]["key"], c["yaxis"]["key"])
+                for c in state["compareRunCharts"] if c["type"] == "SCATTER"]  # fmt: skip
+    assert ("params", "val_acc") in scatters and ("params", "test_acc_mean") in scatters
+    assert "metrics.`params`" in state["selectedColumns"]
 
 
 def test_tested_run_logs_its_evaluation(short_run, make_cfg):
