@@ -10,7 +10,7 @@ ifneq ($(wildcard $(SHARED_DATA)/fashion-mnist/*.gz),)
 export FMNIST_LAB_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: venv run train test lint bench clean
+.PHONY: venv run report screenshots train test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,21 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-## The main job: the quick sweep on the real Fashion-MNIST, tracked in ./mlflow.db.
+## The main job: the quick sweep on the real Fashion-MNIST, tracked in ./mlflow.db, then
+## its comparison report (table, params-vs-accuracy plot, importances) in outputs/reports/.
+STUDY ?= quick
 run: venv
-	$(PY) -m fmnist_lab.sweep sweep=quick workers=2 $(ARGS)
+	$(PY) -m fmnist_lab.sweep sweep=quick workers=2 study_name=$(STUDY) $(ARGS)
+	$(PY) -m fmnist_lab.report --study $(STUDY)
+
+## The comparison report of a study or experiment, e.g. make report ARGS="--study quick".
+report: venv
+	$(PY) -m fmnist_lab.report $(ARGS)
+
+## Screenshots of the MLflow UI on the make-run store (needs: apt-get install chromium).
+screenshots: venv
+	$(PY) -m pip install --quiet -e ".[docs]"
+	$(PY) docs/screenshots.py --tracking-uri sqlite:///mlflow.db --experiment $(STUDY) --out docs/img
 
 ## One training run of the default CNN (3 epochs).
 train: venv
