@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 STUDY ?= quick
 run: venv
 	$(PY) -m fmnist_lab.sweep sweep=quick workers=2 study_name=$(STUDY) $(ARGS)
-	$(PY) -m fmnist_lab.report --study $(STUDY)
+	$(PY) -m fmnist_lab.report --study $(STUDY) $(REPORT_ARGS)
 
 ## The comparison report of a study or experiment, e.g. make report ARGS="--study quick".
 report: venv

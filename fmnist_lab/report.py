@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
@@ -47,6 +48,8 @@ RECIPE = (
     "trainer.max_epochs",
     "data.batch_size",
     "data.train_fraction",
+    "data.val_size",
+    "data.split_seed",
     "label_smoothing",
 )
 
@@ -110,12 +113,13 @@ def _all_runs(client: MlflowClient, experiments: list[str], filter_string: str) 
             return runs
 
 
-def to_row(run: Run) -> Row | None:
+def to_row(run: Run, named: bool = False) -> Row | None:
     """A comparable result, or None: unfinished runs, trials that did not complete, runs
-    that are parts of another (a study's parent, a finalist's seeds, cross-validation folds)."""
+    that are parts of another (a study's parent, a finalist's seeds, cross-validation folds)
+    unless `named` explicitly. A cross-validation's validation accuracy is its folds' mean."""
     tags, metrics = run.data.tags, run.data.metrics
     role = tags.get("role", "run")
-    if run.info.status != "FINISHED" or role in PARTS or "params" not in metrics:
+    if run.info.status != "FINISHED" or (role in PARTS and not named) or "params" not in metrics:
         return None
     if role == "trial" and tags.get("optuna.state") != "COMPLETE":
         return None
@@ -133,7 +137,7 @@ def to_row(run: Run) -> Row | None:
         model=tags.get("model", run.data.params.get("model.name", "?")),
         dataset=tags.get("dataset", run.data.params.get("data.name", "?")),
         params=int(metrics["params"]),
-        val_acc=metrics.get("val_acc"),
+        val_acc=metrics.get("val_acc", metrics.get("val_acc_mean")),
         test_acc_mean=mean,
         test_acc_std=std,
         n_test=n,
@@ -141,13 +145,30 @@ def to_row(run: Run) -> Row | None:
     )
 
 
-def collect(runs: list[Run]) -> list[Row]:
+def collect(runs: list[Run], named: bool = False) -> list[Row]:
     """Comparable rows, sorted by parameter count, with the Pareto flag set."""
-    rows = [r for r in map(to_row, runs) if r is not None]
+    rows = [r for r in (to_row(run, named) for run in runs) if r is not None]
     flags = pareto_flags([(r.params, r.val_acc) for r in rows])
     for row, flag in zip(rows, flags, strict=True):
         row.pareto = flag
     return sorted(rows, key=lambda r: (r.params, -(r.val_acc or 0), r.run))
+
+
+def selected_frontier(rows: list[Row]) -> list[Row]:
+    """The honest frontier: for each parameter budget, the tested run that validation
+    accuracy alone would pick among those within it (its test accuracy is what that budget
+    buys). Runs in order of size; each one that beats every smaller one on validation."""
+    chosen, best = [], -1.0
+    for r in sorted(rows, key=lambda r: r.params):
+        if r.test_acc_mean is not None and r.val_acc is not None and r.val_acc > best:
+            chosen.append(r)
+            best = r.val_acc
+    return chosen
+
+
+def dataset_key(name: str) -> str:
+    """The dataset a run's data config reads: the CSV form is the same Fashion-MNIST."""
+    return name.removesuffix("_csv")
 
 
 def pareto_flags(points: list[tuple[int, float | None]]) -> list[bool]:
@@ -247,6 +268,18 @@ def plot_frontier(rows: list[Row], dataset: str, target: float, title: str) -> p
             zorder=3,
         )
     tested = [r for r in rows if r.test_acc_mean is not None]
+    picked = selected_frontier(rows)
+    if picked:
+        ax.step(
+            [r.params for r in picked],
+            [100 * r.test_acc_mean for r in picked],
+            where="post",
+            c="tab:red",
+            lw=1,
+            ls="--",
+            zorder=3,
+            label="test accuracy of the validation-selected frontier",
+        )
     if tested:
         ax.errorbar(
             [r.params for r in tested],
@@ -270,12 +303,13 @@ def plot_frontier(rows: list[Row], dataset: str, target: float, title: str) -> p
             label="reported results",
             zorder=4,
         )
-        for x in placed:
+        # Neighbours alternate above and below their star, so close labels stay readable.
+        for i, x in enumerate(sorted(placed, key=lambda x: x["params"])):
             ax.annotate(
                 x["label"],
                 (x["params"], 100 * x["test_acc"]),
                 fontsize=7,
-                xytext=(4, 3),
+                xytext=(4, 4 if i % 2 == 0 else -10),
                 textcoords="offset points",
             )
     ax.axhline(100 * target, ls="--", c="k", lw=1, label=f"target {100 * target:.0f} %")
@@ -305,10 +339,8 @@ def plot_frontier(rows: list[Row], dataset: str, target: float, title: str) -> p
     return fig
 
 
-def frontier_html(rows: list[Row], dataset: str, target: float, title: str):
+def frontier_html(rows: list[Row], dataset: str, target: float, title: str) -> go.Figure:
     """The same plot as an interactive Plotly figure: hover shows each run."""
-    import plotly.graph_objects as go
-
     fig = go.Figure()
     val = [r for r in rows if r.val_acc is not None]
     hover = "%{text}<br>%{x:,} params<br>%{y:.2f} %<extra></extra>"
@@ -339,6 +371,15 @@ def frontier_html(rows: list[Row], dataset: str, target: float, title: str):
         error_y={"array": [100 * (r.test_acc_std or 0) for r in tested]},
         hovertemplate=hover,
         marker={"color": "crimson"},
+    )
+    picked = selected_frontier(rows)
+    fig.add_scatter(
+        x=[r.params for r in picked],
+        y=[100 * r.test_acc_mean for r in picked],
+        mode="lines",
+        line_shape="hv",
+        line_dash="dash",
+        name="test accuracy of the validation-selected frontier",
     )
     refs = references(dataset)
     placed = [x for x in refs if x["params"]]
@@ -381,7 +422,16 @@ def load_optuna_study(parent: Run, storage: str | None) -> optuna.Study | None:
     url = storage or parent.data.tags.get("optuna.storage")
     if url is None:
         return None
+    if "***" in url:  # the password was redacted from the tag; only --storage can supply it
+        print(
+            f"note: the study's storage {url} needs its password; pass --storage to add "
+            f"importances and history",
+            file=sys.stderr,
+        )
+        return None
     try:
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+            raise FileNotFoundError(url.removeprefix("sqlite:///"))  # Optuna would create it
         if url.startswith("journal:"):
             path = url.removeprefix("journal:")
             if not Path(path).is_file():
@@ -412,7 +462,9 @@ def sampled_study(study: optuna.Study) -> optuna.Study | None:
     return copy
 
 
-def study_analyses(study: optuna.Study, objectives: list[str]):
+def study_analyses(
+    study: optuna.Study, objectives: list[str]
+) -> tuple[dict[str, dict[str, float]], dict[str, tuple[go.Figure, plt.Figure | None]]]:
     """Optuna's parameter importances ({objective: {param: importance}}) and its plots:
     importances and optimisation history per objective, and the Pareto front of a
     multi-objective study, as {name: (plotly figure, matplotlib figure or None)}."""
@@ -468,7 +520,7 @@ def compare_datasets(runs: list[Run]) -> pd.DataFrame:
             sorted((k, v) for k, v in run.data.params.items() if k.startswith(RECIPE))
         )
         accs = json.loads(run.data.tags.get("test_accs", "null")) or [row.test_acc_mean]
-        groups.setdefault(recipe, {}).setdefault(row.dataset, []).extend(accs)
+        groups.setdefault(recipe, {}).setdefault(dataset_key(row.dataset), []).extend(accs)
         info[recipe] = (row.model, row.params)
     datasets = sorted({d for g in groups.values() for d in g})
     records = []
@@ -477,10 +529,11 @@ def compare_datasets(runs: list[Run]) -> pd.DataFrame:
         record = {"model": model, "params": f"{params:,}"}
         for d in datasets:
             accs = by_dataset.get(d, [])
-            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            record[PRETTY.get(d, d)] = (
-                f"{_pct(statistics.fmean(accs))} +/- {_pct(std)} (n={len(accs)})" if accs else ""
-            )
+            if len(accs) > 1:
+                shown = f"{_pct(statistics.fmean(accs))} +/- {_pct(statistics.stdev(accs))}"
+            else:
+                shown = _pct(accs[0]) if accs else ""
+            record[PRETTY.get(d, d)] = f"{shown} (n={len(accs)})" if accs else ""
         records.append((params, record))
     return pd.DataFrame([r for _, r in sorted(records, key=lambda x: x[0])])
 
@@ -501,6 +554,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output", type=Path, help="folder for the plots (default: outputs/reports/<name>)"
     )
     parser.add_argument("--storage", help="the study's Optuna storage, if not the one recorded")
+    parser.add_argument("--dataset", help="only runs on this dataset (fashion_mnist, mnist)")
     parser.add_argument("--target", type=float, help="the accuracy line (default 0.94)")
     parser.add_argument("--no-log", action="store_true", help="do not log to the parent run")
     parser.add_argument(
@@ -509,6 +563,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="line up the same configs on Fashion-MNIST and MNIST",
     )
     args = parser.parse_args(argv)
+    if args.target is not None and not 0 < args.target < 1:
+        parser.error(f"--target {args.target} must be an accuracy between 0 and 1, e.g. 0.94")
     if sum(map(bool, (args.study, args.experiment, args.runs, args.list))) != 1:
         parser.error("name exactly one of --study, --experiment, --runs, --list")
     return args
@@ -517,14 +573,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def report(args: argparse.Namespace) -> None:
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
-    client = MlflowClient()
+    uri = mlflow.get_tracking_uri()
+    # A report only reads: a SQLite path that names no file is a typo, not a new store.
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(
+            f"no MLflow store at {uri}; pass --tracking-uri (a sweep's is "
+            f"sqlite:///mlflow.db in the folder it ran in)"
+        )
     try:
+        client = MlflowClient()
         client.search_experiments(max_results=1)
     except MlflowException as err:
-        raise UserError(f"cannot read MLflow at {mlflow.get_tracking_uri()}: {err}") from None
+        raise UserError(f"cannot read MLflow at {uri}: {err.message}") from None
     if args.list:
         experiments = [e.experiment_id for e in client.search_experiments()]
-        for run in client.search_runs(experiments, "tags.role = 'study'"):
+        studies = client.search_runs(experiments, "tags.role = 'study'")
+        if not studies:
+            print(f"no studies at {uri}")
+        for run in studies:
             print(
                 f"{run.data.tags.get('optuna.study')}  {run.data.tags.get('dataset')}  "
                 f"{run.info.status}  parent run {run.info.run_id}"
@@ -554,13 +620,20 @@ def report(args: argparse.Namespace) -> None:
             print(frame.to_string(index=False) if not frame.empty else "(no tested runs)")
         return
 
-    rows = collect(runs)
+    if args.dataset:
+        runs = [r for r in runs if dataset_key(r.data.tags.get("dataset", "")) == args.dataset]
+    rows = collect(runs, named=bool(args.runs))
+    datasets = sorted({dataset_key(r.dataset) for r in rows})
+    if len(datasets) > 1:  # accuracies of different datasets do not share a frontier
+        raise UserError(
+            f"these runs are on several datasets ({', '.join(datasets)}); pick one with "
+            f"--dataset, or line them up with --compare-datasets"
+        )
     print(render(rows, args.format))
     if not rows:
         return
-    datasets = {r.dataset for r in rows}
-    dataset = datasets.pop() if len(datasets) == 1 else "mixed"
-    target = args.target or OmegaConf.load(CONFIG).target_acc
+    dataset = datasets[0]
+    target = args.target if args.target is not None else OmegaConf.load(CONFIG).target_acc
     title = f"{name}: parameters vs accuracy ({PRETTY.get(dataset, dataset)})"
     out = args.output or Path("outputs") / "reports" / name
     out.mkdir(parents=True, exist_ok=True)
@@ -605,7 +678,11 @@ def write_plots(rows: list[Row], dataset: str, target: float, title: str, out: P
 
 
 def write_study_plots(study: optuna.Study, objectives: list[str], out: Path) -> list[Path]:
-    importances, figures = study_analyses(study, objectives)
+    try:
+        importances, figures = study_analyses(study, objectives)
+    except (RuntimeError, ValueError) as err:  # e.g. fANOVA on a target with no variance
+        print(f"note: no importances or history for this study ({err})", file=sys.stderr)
+        return []
     if not figures:
         print(
             "note: fewer than 2 sampled trials completed; no importances or history",

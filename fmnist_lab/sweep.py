@@ -36,6 +36,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -569,6 +570,9 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
     if cfg.data.val_size < 1:
         raise UserError("a sweep selects on the validation split: data.val_size must be > 0")
     check_trial_configs(cfg, overrides)
+    if cfg.registry.select_by not in registry.SCORES:  # checked now, not after the finalists
+        raise UserError(f"registry.select_by={cfg.registry.select_by} must be one of "
+                        f"{', '.join(registry.SCORES)}")  # fmt: skip
     for o in spec.objectives:
         if o.metric not in OBJECTIVES or o.direction not in ("maximize", "minimize"):
             raise UserError(
@@ -845,26 +849,35 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
 
 
 def register_best(cfg: DictConfig, finalists: list[Finalist], parent_id: str) -> None:
-    """Register the study's champion: the finalist with the best mean test accuracy within
-    `registry.max_params` (the registry compares finalists; the study chose them on
-    validation data). Its seed-0 model becomes a new version; see `fmnist_lab.registry`."""
+    """Register the study's champion: among the finalists within `registry.max_params`, the
+    one with the highest `registry.select_by` (mean test accuracy by default). Its seed-0
+    model becomes a new version; see `fmnist_lab.registry`. A registry that refuses is
+    reported and tagged on the parent run; the sweep's results stand."""
     reg = cfg.registry
     if not reg.enabled:
         return
     limit = reg.max_params
     eligible = [f for f in finalists if f.model_uri and (limit is None or f.params <= limit)]
     if not eligible:
-        print(f"registry: no finalist with a logged model within {reg.max_params} parameters; "
+        print(f"registry: no finalist with a logged model within {limit} parameters; "
               f"{reg.name} unchanged")  # fmt: skip
         return
-    best = max(eligible, key=lambda f: f.mean)
+    score = (lambda f: f.mean) if reg.select_by == "test_acc_mean" else (lambda f: f.val_acc)
+    best = max(eligible, key=score)
     if MlflowClient().get_run(parent_id).data.tags.get("registry.finalist_run") == best.run_id:
         return  # a resumed sweep registered this finalist already
     tags = {"params": str(best.params), "test_acc_mean": f"{best.mean:.6f}",
             "test_acc_std": f"{best.std:.6f}", "val_acc": f"{best.val_acc:.6f}",
             "dataset": cfg.data.name, "optuna.study": cfg.study_name,
             "optuna.trial": str(best.trial), "finalist_run": best.run_id}  # fmt: skip
-    result = registry.register_champion(best.model_uri, reg.name, reg.alias, tags, best.mean)
+    try:
+        result = registry.register_champion(
+            best.model_uri, reg.name, reg.alias, tags, reg.select_by, score(best)
+        )
+    except MlflowException as err:
+        mlflow.set_tag("registry.error", err.message[:5000])
+        print(f"registry: {reg.name} not updated ({err.message}); the study's runs stand")
+        return
     mlflow.set_tags({"registry.model": reg.name, "registry.version": result.version,
                      "registry.finalist_run": best.run_id,
                      f"registry.{reg.alias}": str(result.moved).lower()})  # fmt: skip

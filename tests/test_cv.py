@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,13 @@ def test_cv_logs_one_run_per_fold(tmp_path, data_root, cache_dir):
     history = client.get_metric_history(parent.info.run_id, "fold_val_acc")
     assert [m.value for m in history] == pytest.approx(accs)
     assert "+/-" in result.stdout
+
+    # The report lists the cross-validation as one row, its validation accuracy the mean.
+    listed = run_cli("fmnist_lab.report", "--tracking-uri", uri, "--experiment", "cv",
+                     "--format", "json", cwd=tmp_path)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    (row,) = json.loads(listed.stdout)
+    assert row["run_id"] == parent.info.run_id and row["val_acc"] == pytest.approx(np.mean(accs))
 
 
 def test_cv_needs_two_folds(tmp_path, data_root):

@@ -145,6 +145,29 @@ def test_report_errors_are_one_line(sweep):
     assert run.returncode == 2 and "no run '0123abc'" in run.stderr
     both = report(tmp_path, uri, "--study", STUDY, "--experiment", STUDY)
     assert both.returncode == 2 and "exactly one" in both.stderr
+    target = report(tmp_path, uri, "--study", STUDY, "--target", "94")
+    assert target.returncode == 2 and "between 0 and 1" in target.stderr
+    # A report only reads: a mistyped store or storage is an error, never a new empty file.
+    typo = tmp_path / "mlfow.db"
+    store = report(tmp_path, f"sqlite:///{typo}", "--study", STUDY)
+    assert store.returncode == 2 and "no MLflow store" in store.stderr and not typo.exists()
+    gone = tmp_path / "gone.db"
+    storage = report(tmp_path, uri, "--study", STUDY, "--storage", f"sqlite:///{gone}", "--no-log")
+    assert storage.returncode == 2 and "could not open study" in storage.stderr
+    assert not gone.exists()
+
+
+def test_named_runs_are_listed_even_when_parts_of_others(sweep):
+    tmp_path, uri, _ = sweep
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(STUDY)
+    seed = client.search_runs([experiment.experiment_id], "tags.role = 'finalist_seed'")[0]
+    result = report(tmp_path, uri, "--runs", seed.info.run_id, "--format", "json", "--no-log")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(result.stdout)
+    assert (
+        row["run_id"] == seed.info.run_id and row["test_acc_mean"] == seed.data.metrics["test_acc"]
+    )
 
 
 def test_champion_is_registered_and_predicts(sweep, make_cfg):
@@ -175,11 +198,15 @@ def test_alias_moves_only_to_a_better_champion(sweep):
     client = MlflowClient(uri)
     current = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
     acc = float(current.tags["test_acc_mean"])
-    worse = register_champion(current.source, "fmnist-fashion_mnist", "champion", {}, acc - 0.01)
+    assert current.tags["selected_by"] == "test_acc_mean"
+    worse_score, better_score = ("test_acc_mean", acc - 0.01), ("test_acc_mean", acc + 0.01)
+    worse = register_champion(current.source, "fmnist-fashion_mnist", "champion", {}, *worse_score)
     assert not worse.moved and "stays on version" in worse.describe()
     champion = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
     assert str(champion.version) == str(current.version)
-    better = register_champion(current.source, "fmnist-fashion_mnist", "champion", {}, acc + 0.01)
+    better = register_champion(
+        current.source, "fmnist-fashion_mnist", "champion", {}, *better_score
+    )
     assert better.moved and better.previous == (str(current.version), pytest.approx(acc))
     champion = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
     assert str(champion.version) == better.version
@@ -203,7 +230,16 @@ def test_compare_datasets_lines_up_a_config_on_both(tmp_path, data_root, cache_d
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("both").experiment_id])
     mnist = next(r for r in runs if r.data.tags["dataset"] == "mnist")
-    assert row["MNIST"].startswith(f"{100 * mnist.data.metrics['test_acc']:.2f} +/- 0.00")
+    assert row["MNIST"] == f"{100 * mnist.data.metrics['test_acc']:.2f} (n=1)"  # no std of one
+
+    # Datasets never share a frontier: a mixed report asks for one, --dataset picks it.
+    mixed = run_cli("fmnist_lab.report", "--tracking-uri", uri, "--experiment", "both",
+                    cwd=tmp_path)  # fmt: skip
+    assert mixed.returncode == 2 and "several datasets" in mixed.stderr
+    picked = run_cli("fmnist_lab.report", "--tracking-uri", uri, "--experiment", "both",
+                     "--dataset", "fashion_mnist", "--format", "json", cwd=tmp_path)  # fmt: skip
+    assert picked.returncode == 0, picked.stderr[-3000:]
+    assert {r["dataset"] for r in json.loads(picked.stdout)} == {"fashion_mnist"}
 
     # A report of MNIST runs draws MNIST's reference results, not Fashion-MNIST's.
     out = tmp_path / "mnist_report"
