@@ -4,6 +4,7 @@ a fresh MLflow store per test."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,10 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout
         [sys.executable, "-m", module, *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for children that a test interrupts: Ctrl-C acts even when the suite
+    itself was started with SIGINT ignored (a background job of a non-interactive shell,
+    as some CI runners start it), a state children otherwise inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from fmnist_lab.errors import UserError
 from fmnist_lab.sweep import WorkerContext, make_pruner, make_sampler
 
-from .conftest import CONF, run_cli
+from .conftest import CONF, default_sigint, run_cli
 
 
 @pytest.fixture
@@ -218,7 +218,7 @@ def start_sweep(tmp_path: Path, args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "fmnist_lab.sweep", *args], cwd=tmp_path, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint,
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from fmnist_lab.evaluate import class_metric_names
 from fmnist_lab.models import build_model
 from fmnist_lab.train import train
 
-from .conftest import CONF, run_cli
+from .conftest import CONF, default_sigint, run_cli
 
 # A small CNN on 4,400 real training images for 3 epochs.
 SHORT_RUN = [
@@ -236,7 +236,7 @@ def test_ctrl_c_ends_the_run_killed_with_exit_130(tmp_path, data_root, cache_dir
          "data.train_fraction=0.05", "trainer.max_epochs=200", "trainer.progress_bar=false",
          f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
