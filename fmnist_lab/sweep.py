@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -836,6 +837,10 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
             if all(r.confusion is not None for r in seeds):
                 evaluate.log_confusion(sum(r.confusion for r in seeds), splits.classes,
                                        f"{len(seeds)} seeds,")  # fmt: skip
+                # The whole evaluation of seed 0 too, so the finalist run shows every plot.
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = MlflowClient().download_artifacts(seeds[0].run_id, "evaluation", tmp)
+                    mlflow.log_artifacts(local, "evaluation_seed0")
         results.append(finalist)
         print(f"  finalist trial {t.number}: test_acc {finalist.mean:.4f} +/- {finalist.std:.4f}")
     results.sort(key=lambda f: f.params)

@@ -183,6 +183,12 @@ def test_champion_is_registered_and_predicts(sweep, make_cfg):
         best.data.metrics["test_acc_mean"], abs=1e-6
     )
     assert "alias 'champion' set" in result.stdout
+    # Every finalist run shows the evaluation: summed over seeds, and seed 0's in full.
+    artifacts = {a.path for a in client.list_artifacts(best.info.run_id, "evaluation_seed0")}
+    assert {"evaluation_seed0/confident_mistakes.png", "evaluation_seed0/learning_curves.png",
+            "evaluation_seed0/sample_predictions.png"} <= artifacts  # fmt: skip
+    summed = client.download_artifacts(best.info.run_id, "evaluation/confusion_matrix.csv")
+    assert pd.read_csv(summed, index_col=0).to_numpy().sum() == 2 * 10000  # two seeds
 
     model = mlflow.pyfunc.load_model("models:/fmnist-fashion_mnist@champion")
     splits = load_splits(make_cfg("data.val_size=0").data)
