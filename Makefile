@@ -10,7 +10,7 @@ ifneq ($(wildcard $(SHARED_DATA)/fashion-mnist/*.gz),)
 export FMNIST_LAB_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: venv run report screenshots train test lint bench clean
+.PHONY: venv run report screenshots server train test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ report: venv
 screenshots: venv
 	$(PY) -m pip install --quiet -e ".[docs]"
 	$(PY) docs/screenshots.py --tracking-uri sqlite:///mlflow.db --experiment $(STUDY) --out docs/img
+
+## An MLflow tracking server on 127.0.0.1:5000 (SQLite ./mlflow.db, artifacts proxied into
+## ./mlartifacts); e.g. make server ARGS="--host 0.0.0.0 --backend-store-uri postgresql://...".
+server: venv
+	$(PY) -m fmnist_lab.server $(ARGS)
 
 ## One training run of the default CNN (3 epochs).
 train: venv

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,7 @@ def configure(uri: str | None, experiment: str) -> None:
     """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else MLflow's default) and `experiment`."""
     if uri:
         mlflow.set_tracking_uri(uri)
+    check_server(mlflow.get_tracking_uri())
     try:
         found = mlflow.set_experiment(experiment)
         if VIEW_TAG not in found.tags:
@@ -39,6 +42,26 @@ def configure(uri: str | None, experiment: str) -> None:
             f"MLflow tracking at {mlflow.get_tracking_uri()} refused experiment "
             f"'{experiment}': {err.message}"
         ) from None
+
+
+def check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, in one sentence, when a tracking server does not answer: MLflow's own
+    client would retry for minutes before the first run could even start."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):  # it answers; credentials are MLflow's business
+            return
+        reason = f"HTTP {err.code}"
+    except (OSError, ValueError) as err:
+        reason = str(getattr(err, "reason", err))
+    raise UserError(
+        f"the MLflow tracking server at {uri} does not answer ({reason}); start it "
+        f"(python -m fmnist_lab.server) or fix tracking.uri / MLFLOW_TRACKING_URI"
+    )
 
 
 # The MLflow UI (>= 3.15) restores a "saved view" kept in an experiment tag
