@@ -3,13 +3,16 @@
 A real `mlflow server` on 127.0.0.1 (`--host 0.0.0.0` to publish it), with a SQLite backend
 unless `--backend-store-uri postgresql://...`, and artifacts proxied through the server
 (`--serve-artifacts` into `--artifacts-destination`), so clients need only its URL:
-`tracking.uri=http://<host>:<port>`.
+`tracking.uri=http://<host>:<port>`. `--basic-auth` turns on MLflow's built-in basic
+authentication: the admin password comes from $MLFLOW_AUTH_ADMIN_PASSWORD, clients send
+$MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import socket
 import sys
 from pathlib import Path
@@ -29,6 +32,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--artifacts-destination", default="mlartifacts",
                         help="where the server keeps artifacts: a folder or s3://...")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument(
+        "--basic-auth",
+        action="store_true",
+        help="require a user name and password (MLflow's basic-auth app)",
+    )
+    parser.add_argument("--admin-user", default="admin", help="with --basic-auth")
+    parser.add_argument(
+        "--auth-db-uri",
+        default="sqlite:///mlflow_auth.db",
+        help="with --basic-auth: where users and permissions are kept",
+    )
     return parser.parse_args(argv)
 
 
@@ -43,7 +57,27 @@ def command(args: argparse.Namespace) -> list[str]:
         "--backend-store-uri", args.backend_store_uri,
         "--serve-artifacts", "--artifacts-destination", destination,
         "--workers", str(args.workers),
+        *(["--app-name", "basic-auth"] if args.basic_auth else []),
     ]  # fmt: skip
+
+
+def auth_config(args: argparse.Namespace) -> Path:
+    """Write the basic-auth app's config (users in `--auth-db-uri`, others may read); return
+    its path. MLflow creates the admin at first start from $MLFLOW_AUTH_ADMIN_PASSWORD."""
+    if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        raise UserError("--basic-auth needs the admin's password in MLFLOW_AUTH_ADMIN_PASSWORD")
+    db = args.auth_db_uri
+    if db.startswith("sqlite:///"):  # absolute, as the backend's own path would be read
+        db = f"sqlite:///{Path(db.removeprefix('sqlite:///')).expanduser().resolve()}"
+    path = Path("mlflow_auth.ini").resolve()
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {db}\n"
+        f"admin_username = {args.admin_user}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return path
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -62,6 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number (1..65535)")
     check_port_free(args.host, args.port)
+    if args.basic_auth:
+        os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config(args))
+        # The auth app's CSRF protection needs a key; one server can make its own, several
+        # behind one address must share one (set MLFLOW_FLASK_SERVER_SECRET_KEY).
+        os.environ.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
     cmd = command(args)
     print(f"MLflow tracking server: http://{args.host}:{args.port}  (runs: "
           f"{args.backend_store_uri}, artifacts: {cmd[cmd.index('--artifacts-destination') + 1]})",

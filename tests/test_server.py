@@ -3,14 +3,19 @@ real training run logs to it over HTTP and is read back through it."""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from mlflow import MlflowClient
 
 from .conftest import run_cli
@@ -89,3 +94,48 @@ def test_server_refuses_a_port_in_use(tmp_path):
         result = run_cli("fmnist_lab.server", "--port", str(port), cwd=tmp_path, timeout=60)
     assert result.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in result.stderr
     assert not (Path(tmp_path) / "mlflow.db").exists()
+
+
+def test_basic_auth_refuses_requests_without_credentials(tmp_path, monkeypatch):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-for-tests"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_lab.server", "--port", str(port), "--basic-auth",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    search = f"{url}/api/2.0/mlflow/experiments/search?max_results=10"
+    try:
+        wait_for(url, server)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(search, timeout=10)
+        assert refused.value.code == 401
+        wrong = urllib.request.Request(search, headers={"Authorization": basic("admin", "nope")})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(wrong, timeout=10)
+        assert refused.value.code == 401
+        right = urllib.request.Request(
+            search, headers={"Authorization": basic("admin", "s3cret-for-tests")}
+        )
+        with urllib.request.urlopen(right, timeout=10) as reply:
+            assert reply.status == 200 and "experiments" in json.load(reply)
+        # MLflow's own client, with the credentials in its environment variables.
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-for-tests")
+        experiment_id = MlflowClient(url).create_experiment("with_auth")
+        assert MlflowClient(url).get_experiment(experiment_id).name == "with_auth"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_basic_auth_needs_the_admin_password(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    result = run_cli("fmnist_lab.server", "--port", str(free_port()), "--basic-auth",
+                     cwd=tmp_path, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "MLFLOW_AUTH_ADMIN_PASSWORD" in result.stderr
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
