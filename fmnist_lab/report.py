@@ -34,6 +34,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from fmnist_lab.data import PRETTY  # noqa: E402
 from fmnist_lab.errors import UserError, exit_cleanly  # noqa: E402
+from fmnist_lab.sweep import open_storage  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "conf" / "report.yaml"
 FORMATS = ("table", "markdown", "csv", "json")
@@ -431,15 +432,11 @@ def load_optuna_study(parent: Run, storage: str | None) -> optuna.Study | None:
         return None
     try:
         if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-            raise FileNotFoundError(url.removeprefix("sqlite:///"))  # Optuna would create it
-        if url.startswith("journal:"):
-            path = url.removeprefix("journal:")
-            if not Path(path).is_file():
-                raise FileNotFoundError(path)
-            backend = optuna.storages.journal.JournalFileBackend(path)
-            url = optuna.storages.journal.JournalStorage(backend)
+            raise FileNotFoundError("no such file")  # Optuna would create it
+        if url.startswith("journal:") and not Path(url.removeprefix("journal:")).is_file():
+            raise FileNotFoundError("no such file")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return optuna.load_study(study_name=name, storage=url)
+        return optuna.load_study(study_name=name, storage=open_storage(url))
     except Exception as err:  # any storage problem: the rest of the report still stands
         if storage:
             raise UserError(f"could not open study '{name}' at {storage}: {err}") from None

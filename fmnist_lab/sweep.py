@@ -696,9 +696,9 @@ class Progress:
             if self.bar:
                 self.bar.update(1)
         if new:
-            log_study_summary(self.study, self.spec)
+            log_study_summary(self.study)
         if self.bar:
-            self.bar.set_postfix_str(best_line(trials, self.spec))
+            self.bar.set_postfix_str(best_line(trials))
 
     def _write(self, line: str) -> None:
         if self.bar:
@@ -730,7 +730,7 @@ def _short(override: str) -> str:
         return override
 
 
-def best_line(trials: Sequence[FrozenTrial], spec: DictConfig) -> str:
+def best_line(trials: Sequence[FrozenTrial]) -> str:
     done = [t for t in trials if t.state == TrialState.COMPLETE and "val_acc" in t.user_attrs]
     if not done:
         return "best: -"
@@ -771,7 +771,7 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
     """Retrain each finalist on all training images with several seeds; test once each."""
     policy = cfg.sweep.finalists
     chosen = select_finalists(study, cfg.sweep)
-    log_study_summary(study, cfg.sweep)
+    log_study_summary(study)
     if not chosen or policy.seeds < 1:
         return []
     print(f"finalists: {len(chosen)} trials x {policy.seeds} seeds, {policy.epochs} epochs on all "
@@ -905,7 +905,7 @@ def finished_finalists(parent_id: str, recipe: str) -> dict[int, Any]:
     }
 
 
-def log_study_summary(study: optuna.Study, spec: DictConfig) -> None:
+def log_study_summary(study: optuna.Study) -> None:
     """Keep the parent run's view of the study current: counts, best values, Pareto set."""
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(t.state == s for t in trials) for s in TrialState}
