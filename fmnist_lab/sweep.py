@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from fmnist_lab.train import train
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Keys of conf/sweep.yaml that steer the sweep; a trial's training config drops them.
 SWEEP_KEYS = ("sweep", "study_name", "storage", "workers", "enqueue_references", "output_dir",
-              "registry")  # fmt: skip
+              "registry", "heartbeat")  # fmt: skip
 REFERENCES = ("r3_cnn", "conv2dsimple2")  # the warm start of enqueue_references=true
 OBJECTIVES = ("val_acc", "val_loss", "params")  # what a trial can return
 HOST = socket.gethostname()
@@ -76,18 +77,49 @@ def redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def open_storage(url: str):
+def open_storage(url: str, heartbeat: DictConfig | None = None):
+    """The Optuna storage at `url`. With `heartbeat` (an RDB storage such as PostgreSQL), a
+    RUNNING trial whose worker sent no heartbeat for `grace_s` seconds is ended FAIL by the
+    next worker that asks for a trial, and its MLflow run with it: a dead machine's trial."""
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    beats = {}
+    if heartbeat is not None:
+        if not 0 < heartbeat.interval_s < heartbeat.grace_s:
+            raise UserError(f"heartbeat.interval_s={heartbeat.interval_s} must be positive and "
+                            f"below heartbeat.grace_s={heartbeat.grace_s}")  # fmt: skip
+        beats = {
+            "heartbeat_interval": heartbeat.interval_s,
+            "grace_period": heartbeat.grace_s,
+            "heartbeat_stale_trial_callback": _ended_stale(heartbeat.grace_s),
+        }
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        # Machines starting at once on a new database would race to create Optuna's tables.
+        with postgres_lock(url, "fmnist_lab:optuna-schema") if _is_postgres(url) else nullcontext():
+            return optuna.storages.RDBStorage(url, **beats)
     except ImportError:
         raise UserError(f"storage {redact(url)} needs its database driver installed") from None
     except Exception as err:  # unreachable server, bad credentials, malformed URL
         reason = " ".join(str(err).split())[:300]
         raise UserError(f"storage {redact(url)} cannot be opened: {reason}") from None
+
+
+def _ended_stale(grace_s: int):
+    """Optuna's callback for a trial it ended FAIL for want of heartbeats: end its run too."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        parent_id = study.user_attrs.get("mlflow_parent_run_id")
+        if parent_id is None:
+            return
+        worker = trial.user_attrs.get("worker", "its worker")
+        reason = f"no heartbeat from {worker} for over {grace_s} s (the process or machine died)"
+        mark_trial_run(mlflow.get_tracking_uri(), parent_id, study, trial.number,
+                       trial.user_attrs.get("mlflow_run_id"), TrialState.FAIL, reason)  # fmt: skip
+        print(f"trial {trial.number}: FAIL, {reason}", flush=True)
+
+    return callback
 
 
 def make_sampler(spec: DictConfig, offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -143,7 +175,7 @@ def load_study(cfg: DictConfig) -> optuna.Study:
     directions = [o.direction for o in spec.objectives]
     study = optuna.create_study(
         study_name=cfg.study_name,
-        storage=open_storage(storage_url(cfg)),
+        storage=open_storage(storage_url(cfg), cfg.heartbeat),
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
         directions=directions,
@@ -164,30 +196,53 @@ def load_study(cfg: DictConfig) -> optuna.Study:
     return study
 
 
-@contextmanager
-def trial_slot(cfg: DictConfig) -> Iterator[None]:
-    """Hold the sweep's lock while counting trials and asking for one, so that several
-    workers never start more than n_trials between them."""
-    url = storage_url(cfg)
-    if url.startswith(("postgresql", "postgres")):
-        import sqlalchemy
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql", "postgres"))
 
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        key = int.from_bytes(cfg.study_name.encode()[:8].ljust(8, b"\0"), "big") >> 1
+
+@contextmanager
+def postgres_lock(url: str, name: str, wait: bool = True) -> Iterator[bool]:
+    """A PostgreSQL advisory lock named `name`, held by a connection of its own; yields
+    whether it is held (False only when `wait` is false and another session holds it)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big",
+                         signed=True)  # fmt: skip
+    take = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+    try:
         with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            got = conn.execute(sqlalchemy.text(f"SELECT {take}(:k)"), {"k": key}).scalar()
+            held = wait or bool(got)  # pg_advisory_lock returns void once it holds it
             try:
-                yield
+                yield held
             finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                if held:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
         engine.dispose()
+
+
+@contextmanager
+def study_lock(cfg: DictConfig, purpose: str, wait: bool = True) -> Iterator[bool]:
+    """Hold the study's lock named `purpose` across every process and machine of the study:
+    a PostgreSQL advisory lock for a PostgreSQL storage, else a file lock beside the sweep's
+    output (a journal or SQLite file is on this machine). Yields False, holding nothing,
+    when `wait` is false and another process holds it."""
+    url = storage_url(cfg)
+    if _is_postgres(url):
+        with postgres_lock(url, f"fmnist_lab:{cfg.study_name}:{purpose}", wait) as held:
+            yield held
         return
-    # A journal file or SQLite database on this machine: a file lock beside the sweep output.
-    lock_path = Path(cfg.output_dir).resolve() / ".trial.lock"
+    lock_path = Path(cfg.output_dir).resolve() / f".{purpose}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def fail_dead_trials(study: optuna.Study, tracking_uri: str, parent_id: str) -> list[int]:
@@ -205,8 +260,7 @@ def fail_dead_trials(study: optuna.Study, tracking_uri: str, parent_id: str) -> 
         mark_trial_run(tracking_uri, parent_id, study, trial.number, run_id, TrialState.FAIL,
                        reason)  # fmt: skip
         failed.append(trial.number)
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)
+    optuna.storages.fail_stale_trials(study)  # other machines' dead trials (RDB storages)
     return failed
 
 
@@ -342,15 +396,14 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     prunable = [o.metric for o in spec.objectives] == ["val_acc"] and spec.pruner.name != "none"
     pruning = PruneOnValidation(trial, enabled=prunable)
     try:
-        with heartbeat(study, trial):
-            result = train(
-                cfg,
-                callbacks=[pruning],
-                parent_run_id=ctx.parent_run_id,
-                tags=tags,
-                splits=ctx.splits_for(cfg.data),
-                name_prefix=f"t{trial.number}-",
-            )
+        result = train(
+            cfg,
+            callbacks=[pruning],
+            parent_run_id=ctx.parent_run_id,
+            tags=tags,
+            splits=ctx.splits_for(cfg.data),
+            name_prefix=f"t{trial.number}-",
+        )
     except KeyboardInterrupt:
         raise  # the worker marks the trial
     except Exception as err:  # any failure of one trial: record it, the sweep goes on
@@ -372,11 +425,11 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """While a trial trains, beat its heartbeat (RDB storages), so that a machine that dies
     leaves trials that `fail_stale_trials` can find; ask/tell gets no beat from Optuna."""
-    storage = study._storage
-    interval = getattr(storage, "heartbeat_interval", None)
-    if not isinstance(storage, optuna.storages.RDBStorage) or not interval:
+    if not _beats(study):
         yield
         return
+    storage = study._storage
+    interval = storage.get_heartbeat_interval()
     stop = threading.Event()
 
     def beat() -> None:
@@ -391,6 +444,12 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def _beats(study: optuna.Study) -> bool:
+    """Whether the study's storage keeps heartbeats (Optuna wraps an RDBStorage in a cache)."""
+    interval = getattr(study._storage, "get_heartbeat_interval", None)
+    return interval is not None and bool(interval())
 
 
 def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
@@ -454,7 +513,8 @@ def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
     spec = ctx.spec
     if ctx.deadline is not None and time.time() >= ctx.deadline:
         return None
-    with trial_slot(ctx.cfg):
+    with study_lock(ctx.cfg, "trials"):
+        optuna.storages.fail_stale_trials(study)  # a dead machine's trials end FAIL
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if len(trials) >= spec.budget.n_trials and not waiting:
@@ -464,6 +524,8 @@ def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
         trial = study.ask()
         # Noted under the lock, so a killed sweep never leaves a RUNNING trial without owner.
         trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
+        if _beats(study):  # from its first moment, so that a machine dying now is noticed
+            study._storage.record_heartbeat(trial._trial_id)
         return trial
 
 
@@ -496,7 +558,7 @@ def worker_main(
     ctx = WorkerContext(cfg, overrides, parent_run_id, mlflow.get_tracking_uri(), deadline)
     study = optuna.load_study(
         study_name=cfg.study_name,
-        storage=open_storage(storage_url(cfg)),
+        storage=open_storage(storage_url(cfg), cfg.heartbeat),
         pruner=make_pruner(cfg.sweep),
     )
     # Seeded by worker and by how far the study is, so no two draw the same samples.
@@ -504,7 +566,8 @@ def worker_main(
     trial = None
     try:
         while (trial := next_trial(ctx, study)) is not None:
-            run_trial(ctx, study, trial)
+            with heartbeat(study, trial):
+                run_trial(ctx, study, trial)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
@@ -582,17 +645,28 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
             )
     study = load_study(cfg)
     tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
-    if cfg.enqueue_references and not study.trials:
-        for ref in REFERENCES:
-            study.enqueue_trial({}, user_attrs={"reference": ref})
-    parent = open_parent_run(cfg, study)
+    with study_lock(cfg, "setup"):  # other machines may be starting the same study now
+        if cfg.enqueue_references and not study.trials:
+            for ref in REFERENCES:
+                study.enqueue_trial({}, user_attrs={"reference": ref})
+        parent = open_parent_run(cfg, study)
+    parent_id = parent.info.run_id
+    finalists: list[Finalist] | None = None
     try:
-        failed = fail_dead_trials(study, mlflow.get_tracking_uri(), parent.info.run_id)
+        failed = fail_dead_trials(study, mlflow.get_tracking_uri(), parent_id)
         if failed:
             print(f"resuming: trials {failed} were left running by a killed sweep; now FAIL")
-        search(cfg, list(overrides), study, parent.info.run_id)
-        finalists = run_finalists(cfg, list(overrides), study, parent.info.run_id)
-        register_best(cfg, finalists, parent.info.run_id)
+        search(cfg, list(overrides), study, parent_id)
+        # The finalists are trained once, by the first process (of any machine) whose search
+        # ends, after the trials still running elsewhere; the others wait for it under the
+        # same lock, then find them done, so every machine's command ends with the results.
+        with study_lock(cfg, "finalists", wait=False) as first:
+            if first:
+                finalists = close_study(cfg, overrides, study, parent_id)
+        if finalists is None:
+            print("waiting: another process of this study trains its finalists", flush=True)
+            with study_lock(cfg, "finalists"):
+                finalists = close_study(cfg, overrides, study, parent_id)
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
@@ -601,7 +675,30 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
         raise
     mlflow.end_run("FINISHED")
     print_finalists(finalists, spec.finalists)
-    return SweepResult(cfg.study_name, parent.info.run_id, study.get_trials(), finalists)
+    return SweepResult(cfg.study_name, parent_id, study.get_trials(), finalists)
+
+
+def close_study(cfg: DictConfig, overrides: Sequence[str], study: optuna.Study,
+                parent_id: str) -> list[Finalist]:  # fmt: skip
+    """Once no trial runs anywhere: the finalists (those already trained are kept) and the
+    registry."""
+    wait_for_running_trials(study)
+    finalists = run_finalists(cfg, list(overrides), study, parent_id)
+    register_best(cfg, finalists, parent_id)
+    return finalists
+
+
+def wait_for_running_trials(study: optuna.Study) -> None:
+    """Until no trial is RUNNING: other machines' trials finish, or end FAIL when their
+    heartbeats stop (RDB storages)."""
+    said = False
+    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not said:
+            print(f"waiting for {len(running)} trial(s) still running elsewhere: "
+                  f"{', '.join(t.user_attrs.get('worker', '?') for t in running)}")  # fmt: skip
+            said = True
+        time.sleep(2)
+        optuna.storages.fail_stale_trials(study)
 
 
 def open_parent_run(cfg: DictConfig, study: optuna.Study) -> mlflow.ActiveRun:
@@ -859,13 +956,13 @@ def register_best(cfg: DictConfig, finalists: list[Finalist], parent_id: str) ->
     model becomes a new version; see `fmnist_lab.registry`. A registry that refuses is
     reported and tagged on the parent run; the sweep's results stand."""
     reg = cfg.registry
-    if not reg.enabled:
+    if not reg.enabled or not finalists:
         return
     limit = reg.max_params
     eligible = [f for f in finalists if f.model_uri and (limit is None or f.params <= limit)]
     if not eligible:
-        print(f"registry: no finalist with a logged model within {limit} parameters; "
-              f"{reg.name} unchanged")  # fmt: skip
+        within = "" if limit is None else f" within {limit:,} parameters"
+        print(f"registry: no finalist with a logged model{within}; {reg.name} unchanged")
         return
     score = (lambda f: f.mean) if reg.select_by == "test_acc_mean" else (lambda f: f.val_acc)
     best = max(eligible, key=score)

@@ -36,7 +36,13 @@ def configure(uri: str | None, experiment: str) -> None:
     try:
         found = mlflow.set_experiment(experiment)
         if VIEW_TAG not in found.tags:
-            prepare_ui(found.experiment_id)
+            try:
+                prepare_ui(found.experiment_id)
+            except MlflowException:
+                # Machines tagging a new experiment at the same moment: a PostgreSQL store
+                # refuses the second insert of a tag; setting it again updates it.
+                time.sleep(0.5)
+                prepare_ui(found.experiment_id)
     except MlflowException as err:
         raise UserError(
             f"MLflow tracking at {mlflow.get_tracking_uri()} refused experiment "

@@ -4,7 +4,6 @@ MLflow store and Optuna journal, and on real training runs."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from fmnist_lab.data import load_splits
 from fmnist_lab.registry import register_champion
 from fmnist_lab.report import pareto_flags
 
-from .conftest import run_cli
+from .conftest import free_port, run_cli
 from .test_train import assert_real_png
 
 STUDY = "report_test"
@@ -278,9 +277,3 @@ def test_optuna_dashboard_opens_the_sweeps_journal(sweep):
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -299,30 +299,6 @@ def test_interrupt_kill_and_resume_finish_exactly_n_trials(sweep_env):
     assert len(roles["trial"]) == 6
 
 
-@pytest.fixture
-def postgres_url():
-    """A fresh database on the PostgreSQL at 127.0.0.1:5432, dropped afterwards.
-
-    Skipped when no server answers, except in CI (CI=true), where it is required."""
-    import uuid
-
-    import psycopg
-
-    admin = "postgresql://postgres@127.0.0.1:5432/test"
-    name = f"fmnist_lab_{uuid.uuid4().hex[:12]}"
-    try:
-        conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as err:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {err}")
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({err})")
-    with conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def test_two_workers_on_a_postgresql_storage_finish_exactly_n_trials(sweep_env, postgres_url):
     tmp_path, _, args = sweep_env
     result = run_cli(

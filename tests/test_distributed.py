@@ -1,0 +1,218 @@
+"""Several machines on one study: sweep processes that share a real PostgreSQL storage and log
+to a real `mlflow server` (PostgreSQL backend, proxied artifacts), and what happens when a
+machine dies or the server restarts. Each process stands for one machine: its own working
+directory, nothing shared but the two URLs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from .conftest import free_port, start_server
+
+
+@pytest.fixture
+def machines(tmp_path, data_root, cache_dir):
+    """Start `python -m fmnist_lab.sweep` as machine `name` (own directory, own session)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        home = tmp_path / name
+        home.mkdir(exist_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fmnist_lab.sweep", "sweep=quick", f"data.root={data_root}",
+             f"data.cache_dir={cache_dir}", "data.val_size=1000", *args],
+            cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
+        )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:  # a failed test leaves no process behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    """Wait for a sweep to exit 0; return what it printed (stdout, then stderr)."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    return out + err
+
+
+def wait_for_trial(storage: str, proc: subprocess.Popen | None = None, pgid: int | None = None):
+    """Block until a trial (of a worker in process group `pgid`, if given) is RUNNING and
+    training (within the quick sweep's 100 k parameter budget, its MLflow run started)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc is not None:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="quick", storage=storage).get_trials()
+        except KeyError:  # not created yet
+            continue
+        for t in trials:
+            if t.state != TrialState.RUNNING or "mlflow_run_id" not in t.user_attrs:
+                continue
+            if t.user_attrs.get("params", 10**9) > 100_000:  # ends without training
+                continue
+            pid = int(t.user_attrs["worker"].rsplit(":", 1)[1])
+            try:
+                if pgid is None or os.getpgid(pid) == pgid:
+                    return t
+            except ProcessLookupError:
+                continue
+    pytest.fail("no trial started")
+
+
+def runs_by_role(client: MlflowClient) -> dict[str, list]:
+    exp = client.get_experiment_by_name("quick")
+    roles: dict[str, list] = {}
+    for run in client.search_runs([exp.experiment_id], max_results=1000):
+        roles.setdefault(run.data.tags.get("role"), []).append(run)
+    return roles
+
+
+def test_three_machines_share_one_study_and_one_tracking_server(
+    tmp_path, postgres_db, machines
+):  # fmt: skip
+    storage, backend = postgres_db(), postgres_db()  # Optuna's and MLflow's databases
+    port, artifacts = free_port(), tmp_path / "server-artifacts"
+    server = start_server(tmp_path, port, backend, artifacts)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        args = [f"storage={storage}", f"tracking.uri={url}", "sweep.budget.n_trials=6",
+                "sweep.budget.epochs=1", "sweep.budget.train_fraction=0.04",
+                "sweep.finalists.top_k=1", "sweep.finalists.seeds=1",
+                "registry.enabled=false"]  # fmt: skip
+        procs = [machines(f"machine{i}", args) for i in range(3)]
+        outputs = [finish(p) for p in procs]
+
+        trials = optuna.load_study(study_name="quick", storage=storage).get_trials()
+        assert sorted(t.number for t in trials) == list(range(6))  # exactly N, no duplicates
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the work was shared
+        # One process trained the finalists; the other two waited for it, then printed the
+        # same results.
+        assert sum("finalist trial" in o for o in outputs) == 1
+        assert sum("another process of this study trains its finalists" in o
+                   for o in outputs) == 2  # fmt: skip
+        tables = {o[o.index("test_acc (mean +/- std)") : o.index("study quick:")] for o in outputs}
+        assert len(tables) == 1
+
+        client = MlflowClient(url)
+        roles = runs_by_role(client)
+        assert len(roles["study"]) == 1 and roles["study"][0].info.status == "FINISHED"
+        assert sorted(int(r.data.tags["optuna.trial"]) for r in roles["trial"]) == list(range(6))
+        assert all(r.info.status == "FINISHED" for r in roles["trial"])
+        (finalist,) = roles["finalist"]
+        (seed,) = roles["finalist_seed"]
+        assert seed.data.metrics["test_acc"] > 0.5
+        # Read back through the server: metrics, and artifacts proxied into its folder.
+        for trial in roles["trial"]:
+            if trial.data.tags["optuna.state"] == "COMPLETE":
+                (point,) = client.get_metric_history(trial.info.run_id, "val_acc")  # 1 epoch
+                assert point.value == trial.data.metrics["val_acc"] > 0.0
+        assert finalist.info.artifact_uri.startswith("mlflow-artifacts:")
+        csv = client.download_artifacts(finalist.info.run_id, "evaluation/confusion_matrix.csv",
+                                        str(tmp_path / "downloaded"))  # fmt: skip
+        assert pd.read_csv(csv, index_col=0).to_numpy().sum() == 10000
+        assert list(artifacts.rglob("confusion_matrix.csv"))
+        for i in range(3):  # nothing tracked on the machines themselves
+            home = tmp_path / f"machine{i}"
+            assert not list(home.rglob("confusion_matrix*")) and not (home / "mlruns").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_a_dead_machines_trial_fails_and_the_others_finish(
+    tmp_path, postgres_url, machines, cache_dir
+):  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # the store exists before two processes race
+    args = [f"storage={postgres_url}", f"tracking.uri={uri}", "sweep.budget.n_trials=5",
+            "sweep.budget.epochs=4", "sweep.budget.train_fraction=0.1", "sweep.finalists.seeds=0",
+            "heartbeat.interval_s=1", "heartbeat.grace_s=5"]  # fmt: skip
+    doomed = machines("doomed", args)
+    survivor = machines("survivor", args)
+    victim = wait_for_trial(postgres_url, doomed, pgid=doomed.pid)
+    os.killpg(doomed.pid, signal.SIGKILL)  # the machine dies: sweep process and its workers
+    doomed.communicate()
+    out = finish(survivor)
+
+    trials = {t.number: t for t in optuna.load_study(study_name="quick",
+                                                    storage=postgres_url).get_trials()}  # fmt: skip
+    assert sorted(trials) == list(range(5))
+    assert not [t for t in trials.values() if not t.state.is_finished()]
+    assert trials[victim.number].state == TrialState.FAIL
+    assert f"trial {victim.number}: FAIL, no heartbeat" in out
+    client = MlflowClient(uri)
+    run = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert "no heartbeat" in run.data.tags["optuna.reason"]
+    # The survivor did the rest: every other trial finished, every run ended.
+    others = [t for n, t in trials.items() if n != victim.number]
+    assert any(t.state == TrialState.COMPLETE for t in others)
+    roles = runs_by_role(client)
+    assert all(r.info.status != "RUNNING" for runs in roles.values() for r in runs)
+    assert len(roles["study"]) == 1 and roles["study"][0].info.status == "FINISHED"
+
+
+def test_tracking_server_restart_mid_sweep_loses_no_finished_trial(
+    tmp_path, postgres_db, machines, monkeypatch
+):  # fmt: skip
+    storage, backend = postgres_db(), postgres_db()
+    port, artifacts = free_port(), tmp_path / "server-artifacts"
+    server = start_server(tmp_path, port, backend, artifacts)
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # MLflow resolves a run's model with it
+    # MLflow's client retries a refused request with exponential backoff: 6 retries at
+    # factor 1 wait about a minute in all (MLflow's defaults: about 4 minutes).
+    retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    args = [f"storage={storage}", f"tracking.uri={url}", "workers=2", "sweep.budget.n_trials=4",
+            "sweep.budget.epochs=3", "sweep.budget.train_fraction=0.1", "sweep.finalists.seeds=0",
+            "sweep.log_models=true"]  # fmt: skip
+    sweep = machines("machine", args, env=retries)
+    try:
+        victim = wait_for_trial(storage, sweep)
+        server.terminate()  # the server goes away mid-trial ...
+        server.wait(timeout=60)
+        gone = time.time()
+        time.sleep(5)
+        server = start_server(tmp_path, port, backend, artifacts)  # ... and comes back
+        back = time.time()
+        finish(sweep)
+        client = MlflowClient(url)
+        # The trial that was training through the outage kept its run, start to end.
+        run = client.get_run(victim.user_attrs["mlflow_run_id"])
+        assert run.info.start_time / 1000 < gone and run.info.end_time / 1000 > back
+        trials = optuna.load_study(study_name="quick", storage=storage).get_trials()
+        assert sorted(t.number for t in trials) == list(range(4))
+        roles = runs_by_role(client)
+        by_number = {int(r.data.tags["optuna.trial"]): r for r in roles["trial"]}
+        assert sorted(by_number) == list(range(4))
+        for t in trials:
+            run = by_number[t.number]
+            assert run.data.tags["optuna.state"] == t.state.name
+            if t.state == TrialState.COMPLETE:  # every finished trial has its whole run
+                assert run.info.status == "FINISHED"
+                assert run.data.metrics["val_acc"] == pytest.approx(t.values[0])
+                assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 3
+                assert [a.path for a in client.list_artifacts(run.info.run_id, "model")]
+        assert any(t.state == TrialState.COMPLETE for t in trials)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
