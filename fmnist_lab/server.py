@@ -4,8 +4,8 @@ A real `mlflow server` on 127.0.0.1 (`--host 0.0.0.0` to publish it), with a SQL
 unless `--backend-store-uri postgresql://...`, and artifacts proxied through the server
 (`--serve-artifacts` into `--artifacts-destination`), so clients need only its URL:
 `tracking.uri=http://<host>:<port>`. `--basic-auth` turns on MLflow's built-in basic
-authentication: the admin password comes from $MLFLOW_AUTH_ADMIN_PASSWORD, clients send
-$MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD.
+authentication (or $FMNIST_LAB_BASIC_AUTH=true): the admin password comes from
+$MLFLOW_AUTH_ADMIN_PASSWORD, clients send $MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 from fmnist_lab.errors import UserError, exit_cleanly
+
+AUTH_ENV = "FMNIST_LAB_BASIC_AUTH"  # the one setting that turns basic auth on (docker-compose)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--basic-auth",
         action="store_true",
-        help="require a user name and password (MLflow's basic-auth app)",
+        default=os.environ.get(AUTH_ENV, "").lower() in ("1", "true", "yes", "on"),
+        help=f"require a user name and password (MLflow's basic-auth app); also ${AUTH_ENV}=true",
     )
     parser.add_argument("--admin-user", default="admin", help="with --basic-auth")
     parser.add_argument(
@@ -82,6 +85,9 @@ def auth_config(args: argparse.Namespace) -> Path:
 
 def check_port_free(host: str, port: int) -> None:
     with socket.socket() as s:
+        # As the server binds: a port whose old connections linger in TIME_WAIT (a server
+        # just restarted) is free; one with a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as err:

@@ -18,20 +18,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import run_cli
-from .test_report import free_port
+from fmnist_lab import server as server_cli
 
-
-def wait_for(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} never answered")
+from .conftest import free_port, run_cli, wait_for_server
 
 
 def test_runs_log_through_the_server_with_proxied_artifacts(tmp_path, data_root, cache_dir):
@@ -46,7 +35,7 @@ def test_runs_log_through_the_server_with_proxied_artifacts(tmp_path, data_root,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(url, server)
+        wait_for_server(url, server)
         client_dir = tmp_path / "client"  # a client with no path to the server's files
         client_dir.mkdir()
         result = run_cli(
@@ -96,18 +85,28 @@ def test_server_refuses_a_port_in_use(tmp_path):
     assert not (Path(tmp_path) / "mlflow.db").exists()
 
 
+def test_basic_auth_is_one_flag_or_one_setting(monkeypatch):
+    monkeypatch.delenv(server_cli.AUTH_ENV, raising=False)
+    assert not server_cli.parse_args([]).basic_auth
+    assert server_cli.parse_args(["--basic-auth"]).basic_auth
+    monkeypatch.setenv(server_cli.AUTH_ENV, "true")  # as docker-compose.yml sets it
+    assert server_cli.parse_args([]).basic_auth
+
+
 def test_basic_auth_refuses_requests_without_credentials(tmp_path, monkeypatch):
     port = free_port()
-    env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-for-tests"}
+    # Switched on as docker-compose.yml does it: the one setting in the environment.
+    env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-for-tests",
+           server_cli.AUTH_ENV: "true"}  # fmt: skip
     server = subprocess.Popen(
-        [sys.executable, "-m", "fmnist_lab.server", "--port", str(port), "--basic-auth",
+        [sys.executable, "-m", "fmnist_lab.server", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--workers", "1"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     search = f"{url}/api/2.0/mlflow/experiments/search?max_results=10"
     try:
-        wait_for(url, server)
+        wait_for_server(url, server)
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(search, timeout=10)
         assert refused.value.code == 401
