@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import warnings
 
 import optuna
@@ -31,9 +32,10 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 from fmnist_lab.data import IDX_DATASETS, DataModule, DeviceBatches, _load_idx, load_splits
-from fmnist_lab.errors import exit_cleanly
+from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.module import Classifier
+from fmnist_lab.sweep import redact
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
@@ -129,19 +131,31 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {gpu}"
 
 
-def bench_sweep(name: str, workers: int) -> tuple[int, float]:
-    """Run sweep `name` (search only, no finalists) in a scratch folder: (trials, seconds)."""
+def bench_sweep(name: str, workers: int, storage: str | None = None,
+                n_trials: int | None = None) -> tuple[int, float]:  # fmt: skip
+    """Run sweep `name` (search only, no finalists) in a scratch folder under a fresh study
+    name, on `storage` (else a journal file there): (trials, seconds). A study made in a
+    shared database is deleted again afterwards."""
+    study_name = f"bench-{name}-w{workers}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "fmnist_lab.sweep", f"sweep={name}", f"workers={workers}",
-             "sweep.finalists.seeds=0", f"tracking.uri=sqlite:///{tmp}/mlflow.db"],
-            cwd=tmp, check=True, capture_output=True, text=True,
+             f"study_name={study_name}", "sweep.finalists.seeds=0",
+             f"tracking.uri=sqlite:///{tmp}/mlflow.db", *([f"storage={storage}"] * bool(storage)),
+             *([f"sweep.budget.n_trials={n_trials}"] * bool(n_trials))],
+            cwd=tmp, capture_output=True, text=True,
         )  # fmt: skip
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise UserError(f"the sweep with workers={workers} failed: {last}")
         seconds = time.perf_counter() - start
-        journal = JournalFileBackend(f"{tmp}/outputs/sweeps/{name}/optuna.journal")
-        study = optuna.load_study(study_name=name, storage=JournalStorage(journal))
-        return len(study.trials), seconds
+        journal = f"{tmp}/outputs/sweeps/{study_name}/optuna.journal"
+        backend = storage or JournalStorage(JournalFileBackend(journal))
+        trials = len(optuna.load_study(study_name=study_name, storage=backend).trials)
+        if storage:
+            optuna.delete_study(study_name=study_name, storage=storage)
+        return trials, seconds
 
 
 @exit_cleanly
@@ -156,6 +170,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-dataloader", action="store_true")
     parser.add_argument("--sweep", default=None, help="also time this sweep's search")
     parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--sweep-trials",
+        type=int,
+        default=None,
+        help="trials per timed sweep (default: the sweep file's budget)",
+    )
+    parser.add_argument("--storage", default=None,
+                        help="the sweep's Optuna storage URL, e.g. postgresql://... "
+                        "(default: a journal file)")  # fmt: skip
     parser.add_argument(
         "--no-channels-last",
         dest="channels_last",
@@ -211,9 +234,11 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     if args.sweep:
-        print(f"\nsweep '{args.sweep}' (search only, from a cold start of the command):")
+        where = redact(args.storage) if args.storage else "a journal file"
+        print(f"\nsweep '{args.sweep}' (search only, from a cold start of the command; "
+              f"storage: {where}):")  # fmt: skip
         for workers in args.sweep_workers:
-            trials, seconds = bench_sweep(args.sweep, workers)
+            trials, seconds = bench_sweep(args.sweep, workers, args.storage, args.sweep_trials)
             print(f"  workers={workers}: {trials} trials in {seconds:.0f} s = "
                   f"{trials / seconds * 3600:.0f} trials/hour")  # fmt: skip
 

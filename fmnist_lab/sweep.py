@@ -87,9 +87,7 @@ def open_storage(url: str, heartbeat: DictConfig | None = None):
         return JournalStorage(JournalFileBackend(str(path)))
     beats = {}
     if heartbeat is not None:
-        if not 0 < heartbeat.interval_s < heartbeat.grace_s:
-            raise UserError(f"heartbeat.interval_s={heartbeat.interval_s} must be positive and "
-                            f"below heartbeat.grace_s={heartbeat.grace_s}")  # fmt: skip
+        check_heartbeat(heartbeat)
         beats = {
             "heartbeat_interval": heartbeat.interval_s,
             "grace_period": heartbeat.grace_s,
@@ -104,6 +102,12 @@ def open_storage(url: str, heartbeat: DictConfig | None = None):
     except Exception as err:  # unreachable server, bad credentials, malformed URL
         reason = " ".join(str(err).split())[:300]
         raise UserError(f"storage {redact(url)} cannot be opened: {reason}") from None
+
+
+def check_heartbeat(heartbeat: DictConfig) -> None:
+    if not 0 < heartbeat.interval_s < heartbeat.grace_s:
+        raise UserError(f"heartbeat.interval_s={heartbeat.interval_s} must be positive and "
+                        f"below heartbeat.grace_s={heartbeat.grace_s}")  # fmt: skip
 
 
 def _ended_stale(grace_s: int):
@@ -634,6 +638,7 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
     if cfg.data.val_size < 1:
         raise UserError("a sweep selects on the validation split: data.val_size must be > 0")
     check_trial_configs(cfg, overrides)
+    check_heartbeat(cfg.heartbeat)
     if cfg.registry.select_by not in registry.SCORES:  # checked now, not after the finalists
         raise UserError(f"registry.select_by={cfg.registry.select_by} must be one of "
                         f"{', '.join(registry.SCORES)}")  # fmt: skip
@@ -643,8 +648,8 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
                 f"objective {o.metric}/{o.direction}: metric must be one of "
                 f"{', '.join(OBJECTIVES)} and direction maximize or minimize"
             )
+    tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)  # an absent server: at once
     study = load_study(cfg)
-    tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
     with study_lock(cfg, "setup"):  # other machines may be starting the same study now
         if cfg.enqueue_references and not study.trials:
             for ref in REFERENCES:

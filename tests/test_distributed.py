@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from .conftest import free_port, start_server
+from .conftest import free_port, run_cli, start_server
 
 
 @pytest.fixture
@@ -216,3 +216,30 @@ def test_tracking_server_restart_mid_sweep_loses_no_finished_trial(
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_unreachable_server_stops_a_sweep_at_once_and_records_nothing(
+    tmp_path, postgres_url, data_root
+):  # fmt: skip
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    result = run_cli("fmnist_lab.sweep", "sweep=quick", f"storage={postgres_url}",
+                     f"tracking.uri={url}", f"data.root={data_root}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and time.monotonic() - start < 30
+    assert result.stderr.strip() == (
+        f"error: the MLflow tracking server at {url} does not answer ([Errno 111] Connection "
+        f"refused); start it (python -m fmnist_lab.server) or fix tracking.uri / "
+        f"MLFLOW_TRACKING_URI"
+    )
+    assert optuna.get_all_study_names(storage=postgres_url) == []  # no study begun
+
+
+def test_heartbeat_longer_than_its_grace_period_is_refused(tmp_path, postgres_url, data_root):
+    result = run_cli("fmnist_lab.sweep", "sweep=quick", f"storage={postgres_url}",
+                     f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"data.root={data_root}",
+                     "heartbeat.interval_s=60", "heartbeat.grace_s=30", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: heartbeat.interval_s=60 must be positive and below heartbeat.grace_s=30"
+    )
+    assert not (tmp_path / "mlflow.db").exists()  # refused before anything was recorded
