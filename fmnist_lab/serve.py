@@ -1,0 +1,183 @@
+"""`python -m fmnist_lab.serve`: a web page and a JSON API that classify your photos.
+
+FastAPI on uvicorn, 127.0.0.1:8000 by default. `GET /` is the page (upload or drop a photo,
+see the 28x28 image the model saw and its top-3 classes), `POST /predict` takes a multipart
+upload (field `file`) or JSON `{"image": "<base64>"}` and answers the top-k classes,
+`GET /healthz`, `GET /model` (which model answers), `GET /openapi.json` and `/docs`.
+Bad input (not an image, empty, over the upload limit, too many pixels) gets a 4xx JSON
+error, and the server keeps answering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import socket
+from importlib import resources
+from typing import Any
+
+import mlflow
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from fmnist_lab import preprocess
+from fmnist_lab.data import IDX_DATASETS
+from fmnist_lab.errors import UserError, exit_cleanly
+from fmnist_lab.predict import DEFAULT_MODEL, Classifier, load_classifier, summary
+from fmnist_lab.preprocess import ImageError
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+
+PREDICT_BODY = {  # the request body /predict reads itself (to enforce the size limit)
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "image": {"type": "string", "description": "base64 (or a data: URL)"}
+                },
+                "required": ["image"],
+            }
+        },
+    },
+}
+
+
+def create_app(
+    classifier: Classifier,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = preprocess.MAX_PIXELS,
+) -> FastAPI:
+    app = FastAPI(
+        title="fmnist_lab",
+        summary="Classify photos of clothes with a model trained by fmnist_lab.",
+        version="1",
+    )
+    page = resources.files("fmnist_lab").joinpath("web/index.html").read_text()
+
+    @app.exception_handler(ImageError)
+    async def bad_image(request: Request, err: ImageError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=err.status)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return page
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/model")
+    def model() -> dict[str, Any]:
+        """Which model answers: name, version, parameters, test accuracy, class names."""
+        return {**classifier.info, "summary": summary(classifier.info),
+                "classes": classifier.classes}  # fmt: skip
+
+    @app.post("/predict", openapi_extra={"requestBody": PREDICT_BODY})
+    async def predict(request: Request, top_k: int = 3) -> dict[str, Any]:
+        """The top-k classes of one image, and the 28x28 image the model saw (PNG, base64)."""
+        if not 1 <= top_k <= len(classifier.classes):
+            raise ImageError(f"top_k must be between 1 and {len(classifier.classes)}", 422)
+        data = await read_image(request, max_upload_bytes)
+        prepared = await run_in_threadpool(prepare, data, max_pixels)
+        probs = await run_in_threadpool(classifier.predict, [prepared])
+        png = base64.b64encode(preprocess.to_png(prepared)).decode()
+        return {
+            "top": classifier.top(probs[0], top_k),
+            "preprocessed": f"data:image/png;base64,{png}",
+            "model": summary(classifier.info),
+        }
+
+    return app
+
+
+def prepare(data: bytes, max_pixels: int):
+    return preprocess.prepare(preprocess.open_image(data, max_pixels))
+
+
+async def read_image(request: Request, limit: int) -> bytes:
+    """The uploaded image's bytes: the body is read up to `limit` bytes and no further."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise ImageError(f"the upload is over the limit of {limit:,} bytes", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit + 64 * 1024:  # room for the multipart envelope
+            raise ImageError(f"the upload is over the limit of {limit:,} bytes", 413)
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("application/json"):
+        try:
+            text = json.loads(body)["image"]
+            if text.startswith("data:"):
+                text = text.partition(",")[2]
+            data = base64.b64decode(text, validate=True)
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            raise ImageError('send JSON {"image": "<base64 image>"}', 400) from None
+    elif kind.startswith("multipart/form-data"):
+        request._body = bytes(body)  # Starlette parses the form from the buffered body
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ImageError("send the image in the multipart field 'file'", 400)
+        data = await upload.read()
+    else:
+        raise ImageError("send multipart/form-data (field 'file') or application/json", 415)
+    if len(data) > limit:
+        raise ImageError(f"the image is over the limit of {limit:,} bytes", 413)
+    return data
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fmnist_lab.serve",
+                                     description="Serve the prediction page and API.")  # fmt: skip
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"registry reference, run id, model URI or folder "
+                        f"(default {DEFAULT_MODEL})")  # fmt: skip
+    parser.add_argument("--tracking-uri", default=None,
+                        help="where the registry is (default: $MLFLOW_TRACKING_URI, else "
+                        "./mlflow.db)")  # fmt: skip
+    parser.add_argument("--dataset", choices=list(IDX_DATASETS), default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20)
+    parser.add_argument("--max-pixels", type=int, default=preprocess.MAX_PIXELS,
+                        help="larger images are refused before decoding")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+@exit_cleanly
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    args = parse_args(argv)
+    if args.max_upload_mb <= 0 or args.max_pixels <= 0:
+        raise UserError("--max-upload-mb and --max-pixels must be positive")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((args.host, args.port))
+        except OSError as err:
+            raise UserError(f"cannot serve on {args.host}:{args.port} ({err.strerror}); "
+                            "pick another --port") from None  # fmt: skip
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    classifier = load_classifier(args.model, args.dataset)
+    app = create_app(classifier, int(args.max_upload_mb * 2**20), args.max_pixels)
+    print(f"serving {summary(classifier.info)} at http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

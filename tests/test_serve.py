@@ -1,0 +1,278 @@
+"""Using a model: `python -m fmnist_lab.predict`, the `fmnist_lab.serve` web app over real HTTP
+(each endpoint, each bad input, a burst of requests, the page in headless Chromium), and
+`mlflow models serve` on the same registered model."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from fmnist_lab.registry import register_champion
+
+from .conftest import REPO, free_port, run_cli
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO / "outputs" / "test-artifacts"  # kept after the run (screenshots)
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory, data_root, cache_dir):
+    """A small real model, trained and registered as fmnist-fashion_mnist@champion in a
+    store of this module's own; returns (folder, env, test images, test labels)."""
+    home = tmp_path_factory.mktemp("champion")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    result = run_cli(
+        "fmnist_lab.train", f"tracking.uri={uri}", f"data.root={data_root}",
+        f"data.cache_dir={cache_dir}", "data.train_fraction=0.1", "trainer.max_epochs=1",
+        "model.filters=[8,16]", "trainer.progress_bar=false", "evaluate=false", cwd=home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("fmnist_lab").experiment_id])
+    mlflow.set_tracking_uri(uri)
+    register_champion(run.data.tags["model_uri"], "fmnist-fashion_mnist", "champion",
+                      {"params": str(int(run.data.metrics["params"]))}, "test_acc_mean",
+                      run.data.metrics["test_acc"])  # fmt: skip
+    images = gzip.open(data_root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").read()
+    labels = gzip.open(data_root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").read()
+    x = np.frombuffer(images, np.uint8, offset=16).reshape(-1, 28, 28)
+    y = np.frombuffer(labels, np.uint8, offset=8)
+    for i in range(4):
+        Image.fromarray(x[i]).save(home / f"test{i}.png")
+    env = {"MLFLOW_TRACKING_URI": uri}
+    return home, env, x, y, run
+
+
+def model_probs(x: np.ndarray) -> np.ndarray:
+    model = mlflow.pyfunc.load_model("models:/fmnist-fashion_mnist@champion")
+    return np.asarray(model.predict(x[:, None].astype(np.float32) / 255))
+
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot"]  # fmt: skip
+
+
+def test_predict_prints_the_top_3_of_each_image(champion):
+    home, env, x, _, run = champion
+    probs = model_probs(x[:4])
+    result = run_cli("fmnist_lab.predict", "test0.png", "test1.png", "--save-preprocessed",
+                     "seen", cwd=home, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("model: fmnist-fashion_mnist version 1 (")
+    for i, line in enumerate(lines[1:]):
+        top = np.argsort(-probs[i])[:3]
+        expected = ", ".join(f"{CLASSES[c]} {probs[i][c]:.3f}" for c in top)
+        assert line == f"test{i}.png: {expected}"
+    seen = np.asarray(Image.open(home / "seen" / "test0_28x28.png"))
+    assert np.array_equal(seen, x[0])  # the test image went in unchanged
+
+    # --json, and the model by run id: the same numbers.
+    result = run_cli("fmnist_lab.predict", "test2.png", "--json", "--model", run.info.run_id,
+                     cwd=home, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout)
+    assert answer["model"]["run_id"] == run.info.run_id
+    (entry,) = answer["predictions"]
+    assert entry["top"][0]["index"] == int(np.argmax(probs[2]))
+    assert entry["top"][0]["probability"] == pytest.approx(float(probs[2].max()), abs=1e-6)
+
+
+def test_predict_errors_are_one_line(champion):
+    home, env, *_ = champion
+    cases = [
+        (["missing.png"], "missing.png: no such file"),
+        (["test0.png", "--model", "models:/no-such-model@champion"], "no model at"),
+        (["test0.png", "--top", "0"], "--top 0 must be at least 1"),
+    ]
+    (home / "notes.png").write_text("not an image")
+    cases.append((["notes.png"], "notes.png: not an image"))
+    for args, message in cases:
+        result = run_cli("fmnist_lab.predict", *args, cwd=home, env=env)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert result.stderr.strip().count("\n") == 0
+
+
+@pytest.fixture(scope="module")
+def app(champion):
+    """`python -m fmnist_lab.serve` on a free port, with a 1 MB upload limit."""
+    home, env, *_ = champion
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_lab.serve", "--port", str(port), "--max-upload-mb", "1"],
+        cwd=home, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=2)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the app never answered"
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def call(url: str, data: bytes | None = None, headers: dict | None = None):
+    """(status, JSON body) of a request; 4xx/5xx do not raise."""
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def multipart(data: bytes, field: str = "file", name: str = "image.png"):
+    boundary = uuid.uuid4().hex
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+        f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    ).encode()
+    body += data + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def png(arr: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_endpoints_answer_over_http(app, champion):
+    _, _, x, _, run = champion
+    probs = model_probs(x[:1])[0]
+    assert call(f"{app}/healthz") == (200, {"status": "ok"})
+    status, info = call(f"{app}/model")
+    assert status == 200 and info["name"] == "fmnist-fashion_mnist" and info["version"] == "1"
+    assert info["run_id"] == run.info.run_id and info["params"] == run.data.metrics["params"]
+    assert info["classes"][9] == "Ankle boot"
+    status, answer = call(f"{app}/predict", *multipart(png(x[0])))
+    assert status == 200 and [t["index"] for t in answer["top"]] == list(np.argsort(-probs)[:3])
+    assert answer["top"][0]["probability"] == pytest.approx(float(probs.max()), abs=1e-6)
+    seen = Image.open(io.BytesIO(base64.b64decode(answer["preprocessed"].partition(",")[2])))
+    assert np.array_equal(np.asarray(seen), x[0])
+    body = json.dumps({"image": base64.b64encode(png(x[0])).decode()}).encode()
+    status, by_json = call(f"{app}/predict?top_k=5", body, {"Content-Type": "application/json"})
+    assert status == 200 and len(by_json["top"]) == 5 and by_json["top"][:3] == answer["top"]
+    status, schema = call(f"{app}/openapi.json")
+    assert status == 200 and {"/predict", "/healthz", "/model"} <= set(schema["paths"])
+    assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+
+
+def test_bad_input_gets_a_4xx_and_the_app_keeps_answering(app):
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, format="PNG")
+    cases = [
+        (multipart(b"this is text, not a picture"), 415, "not an image"),
+        (multipart(b""), 400, "empty"),
+        (multipart(os.urandom(2 * 2**20)), 413, "limit"),  # over the 1 MB limit
+        (multipart(bomb.getvalue()), 413, "pixels"),
+        (multipart(png(np.zeros((28, 28), np.uint8)), field="photo"), 400, "field 'file'"),
+        ((b'{"image": "***"}', {"Content-Type": "application/json"}), 400, "base64"),
+        ((b"raw bytes", {"Content-Type": "image/png"}), 415, "multipart"),
+    ]
+    for (body, headers), code, words in cases:
+        status, answer = call(f"{app}/predict", body, headers)
+        assert status == code and words in answer["detail"], (code, answer)
+        assert call(f"{app}/healthz")[0] == 200
+
+
+def test_a_burst_of_concurrent_requests_is_all_answered(app, champion):
+    _, _, x, _, _ = champion
+    images = [png(x[i]) for i in range(8)]
+    start = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda i: call(f"{app}/predict", *multipart(images[i % 8])),
+                                range(64)))  # fmt: skip
+    assert time.monotonic() - start < 60
+    assert all(status == 200 for status, _ in replies)
+    first = [answer["top"][0]["index"] for _, answer in replies[:8]]
+    assert all(answer["top"][0]["index"] == first[i % 8] for i, (_, answer) in enumerate(replies))
+
+
+def test_the_page_in_headless_chromium_shows_the_models_prediction(app, champion):
+    home, _, x, _, _ = champion
+    try:
+        from playwright import sync_api as playwright
+    except ImportError:
+        playwright = None
+    if playwright is None or not Path(CHROMIUM).exists():
+        missing = f"{CHROMIUM} (apt-get install chromium) and Playwright (the dev extra)"
+        if os.environ.get("FMNIST_LAB_REQUIRE_BROWSER"):  # set by .ci/run
+            pytest.fail(f"the browser test needs {missing}")
+        pytest.skip(f"the browser test needs {missing}")
+    expected = CLASSES[int(np.argmax(model_probs(x[3:4])[0]))]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 700})
+            page.goto(app)
+            page.wait_for_function("document.getElementById('model').textContent.includes('v')")
+            assert "fmnist-fashion_mnist version 1" in page.text_content("#model")
+            page.set_input_files("#file", str(home / "test3.png"))
+            page.wait_for_selector("#result.shown", timeout=30_000)
+            assert page.text_content("#prediction") == expected
+            assert page.locator("#top .bar").count() == 3
+            assert page.get_attribute("#top .bar", "data-class") == expected
+            assert page.evaluate("document.getElementById('seen').naturalWidth") == 28
+            page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "serve_page.png").stat().st_size > 10_000
+
+
+def test_mlflow_models_serve_answers_on_the_registered_model(champion):
+    home, env, x, _, _ = champion
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+         "models:/fmnist-fashion_mnist@champion", "-p", str(port), "--env-manager", "local"],
+        # MLflow starts `uvicorn` from PATH: the environment's bin folder, as once activated.
+        cwd=home, env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:"
+                       f"{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve never answered"
+                time.sleep(0.5)
+        inputs = (x[:2, None].astype(np.float32) / 255).tolist()
+        status, answer = call(f"{url}/invocations", json.dumps({"inputs": inputs}).encode(),
+                              {"Content-Type": "application/json"})  # fmt: skip
+        assert status == 200
+        assert np.allclose(np.asarray(answer["predictions"]), model_probs(x[:2]), atol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
