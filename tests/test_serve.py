@@ -95,6 +95,21 @@ def test_predict_prints_the_top_3_of_each_image(champion):
     assert entry["top"][0]["probability"] == pytest.approx(float(probs[2].max()), abs=1e-6)
 
 
+def test_predict_takes_a_model_folder(champion, tmp_path):
+    home, env, x, _, _ = champion
+    folder = mlflow.artifacts.download_artifacts("models:/fmnist-fashion_mnist@champion",
+                                                 dst_path=str(tmp_path / "model"))  # fmt: skip
+    assert (Path(folder) / "MLmodel").is_file()
+    result = run_cli("fmnist_lab.predict", "test0.png", "--model", folder, "--json",
+                     cwd=home, env={"MLFLOW_TRACKING_URI": ""})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout)
+    assert answer["model"]["uri"] == str(Path(folder).resolve())
+    top = answer["predictions"][0]["top"][0]
+    assert top["index"] == int(np.argmax(model_probs(x[:1])[0]))
+    assert top["class"] == CLASSES[top["index"]]  # Fashion-MNIST names unless told otherwise
+
+
 def test_predict_errors_are_one_line(champion):
     home, env, *_ = champion
     cases = [
