@@ -49,22 +49,25 @@ def make_net(model: str, seed: int) -> nn.Module:
 
 def bench_lightning(net, splits, batch_size, device, warmup_batches, channels_last) -> float:
     """Seconds for one epoch through pl.Trainer.fit, after a short warm-up fit."""
+    fit_seconds(net, splits, batch_size, device, channels_last, limit=warmup_batches)
+    return fit_seconds(net, splits, batch_size, device, channels_last)
 
-    def fit(limit):
-        module = Classifier(net, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
-                            splits.mean, splits.std, channels_last=channels_last)  # fmt: skip
-        trainer = pl.Trainer(
-            max_epochs=1, accelerator=device.type, devices=1, logger=False,
-            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-            num_sanity_val_steps=0, limit_val_batches=0, limit_train_batches=limit,
-        )  # fmt: skip
-        start = time.perf_counter()
-        trainer.fit(module, datamodule=DataModule(splits, batch_size, 1000))
-        _sync(device)
-        return time.perf_counter() - start
 
-    fit(warmup_batches)
-    return fit(1.0)
+def fit_seconds(net, splits, batch_size, device, channels_last, limit=1.0, epochs=1,
+                compile=False) -> float:  # fmt: skip
+    """Wall seconds of one pl.Trainer.fit: `epochs` epochs (of `limit` batches)."""
+    module = Classifier(net, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+                        splits.mean, splits.std, channels_last=channels_last,
+                        compile=compile)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator=device.type, devices=1, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+        num_sanity_val_steps=0, limit_val_batches=0, limit_train_batches=limit,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=DataModule(splits, batch_size, 1000))
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def bench_plain(net, splits, batch_size, device, warmup_batches, channels_last) -> float:
@@ -168,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (dataloader)")
     parser.add_argument("--skip-dataloader", action="store_true")
+    parser.add_argument("--compile-epochs", type=int, default=0, metavar="N",
+                        help="also time an N-epoch fit of each model with and without "
+                        "torch.compile (a trial's length: is compiling worth it?)")  # fmt: skip
     parser.add_argument("--sweep", default=None, help="also time this sweep's search")
     parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument(
@@ -203,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
           f"device {device}, channels_last {args.channels_last}")  # fmt: skip
     header = f"{'model':<16}{'params':>10}{'lightning':>12}{'plain':>12}{'dataloader':>12}"
     if args.model:
-        print(header + f"{'L/plain':>10}{'L/dataloader':>14}   (images/s)")
+        print(header + f"{'L/plain':>10}{'L/dataloader':>14}{'L ms/step':>11}   (images/s; "
+              "L ms/step: Lightning's cost per step over the plain loop)")  # fmt: skip
     for model in args.model:
         net, _ = make_net(model, 0)
         params = count_params(net)
@@ -228,10 +235,26 @@ def main(argv: list[str] | None = None) -> None:
         light, plain, dl = rates["lightning"], rates["plain"], rates.get("dataloader")
         dl_rate = f"{dl:,.0f}" if dl else "-"
         dl_ratio = f"{light / dl:.2f}x" if dl else "-"
+        overhead_ms = args.batch_size * (1 / light - 1 / plain) * 1000
         print(
             f"{model:<16}{params:>10,}{light:>12,.0f}{plain:>12,.0f}{dl_rate:>12}"
-            f"{light / plain:>9.2f}x{dl_ratio:>14}"
+            f"{light / plain:>9.2f}x{dl_ratio:>14}{overhead_ms:>11.2f}"
         )
+
+    if args.compile_epochs:
+        print(f"\ntorch.compile, {args.compile_epochs}-epoch fit of {n} images from a cold "
+              "start (compile time included):")  # fmt: skip
+        for model in args.model:
+            net, _ = make_net(model, 0)
+            state = {k: v.clone() for k, v in net.state_dict().items()}
+            times = {}
+            for compiled in (False, True):
+                net.load_state_dict(state)
+                times[compiled] = fit_seconds(net, splits, args.batch_size, device,
+                                              args.channels_last, epochs=args.compile_epochs,
+                                              compile=compiled)  # fmt: skip
+            print(f"  {model:<16} eager {times[False]:6.1f} s   compiled {times[True]:6.1f} s   "
+                  f"compiled/eager {times[True] / times[False]:.2f}x")  # fmt: skip
 
     if args.sweep:
         where = redact(args.storage) if args.storage else "a journal file"

@@ -38,6 +38,7 @@ class Classifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         num_classes: int = 10,
         channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if channels_last:
@@ -46,7 +47,9 @@ class Classifier(pl.LightningModule):
             net = net.to(memory_format=torch.channels_last)
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not '{schedule}'")
-        self.net, self.make_optimizer = net, optimizer
+        # torch.compile: the original module keeps the weights (what gets logged and served).
+        self.net = torch.compile(net) if compile else net
+        self.make_optimizer = optimizer
         self.schedule, self.pct_start = schedule, pct_start
         self.augment = augment or BatchAugment()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

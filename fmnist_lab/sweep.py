@@ -547,10 +547,13 @@ def stop_condition_met(spec: DictConfig, trials: Sequence[FrozenTrial]) -> bool:
 
 def worker_main(
     cfg_yaml: str, overrides: list[str], parent_run_id: str, deadline, threads, index: int,
-    parent_pid: int,
+    parent_pid: int, gpu: int | None = None,
 ):  # fmt: skip
-    """Entry point of worker number `index`: run trials until the study is done."""
+    """Entry point of worker number `index`: run trials until the study is done, on GPU
+    number `gpu` when there are several."""
     _die_with_parent(parent_pid)
+    if gpu is not None:  # before CUDA starts in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     _quiet()
     cfg = OmegaConf.create(cfg_yaml)
     if threads:
@@ -740,11 +743,21 @@ def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     context = multiprocessing.get_context("spawn")
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    gpus = gpu_count(cfg.trainer.accelerator)
     workers = [
         context.Process(
             target=worker_main,
-            args=(cfg_yaml, overrides, parent_id, deadline, threads, i, os.getpid()),
-        )
+            args=(
+                cfg_yaml,
+                overrides,
+                parent_id,
+                deadline,
+                threads,
+                i,
+                os.getpid(),
+                gpu_for_worker(i, gpus),
+            ),
+        )  # fmt: skip
         for i in range(cfg.workers)
     ]
     for w in workers:
@@ -775,6 +788,21 @@ def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id
             f"{len(crashed)} worker(s) stopped with exit codes {crashed}; their error is "
             f"printed above, and running the command again resumes"
         )
+
+
+def gpu_count(accelerator: str) -> int:
+    """GPUs the workers may use (none unless the trainer may run on one)."""
+    if accelerator not in ("auto", "gpu", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def gpu_for_worker(index: int, gpus: int) -> int | None:
+    """Workers share the GPUs round-robin, several per GPU (small models do not fill one);
+    with one GPU or none, nothing is pinned."""
+    return index % gpus if gpus > 1 else None
 
 
 class Progress:

@@ -55,6 +55,9 @@ def train(
     pl.seed_everything(cfg.seed, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    if cfg.trainer.get("cudnn_benchmark", True) and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: autotune once, reuse
     net = build_model(cfg.model)  # before the data: a bad model config fails at once
     n_params = count_params(net)
     if splits is None:
@@ -70,12 +73,14 @@ def train(
         label_smoothing=cfg.label_smoothing,
         num_classes=len(splits.classes),
         channels_last=cfg.trainer.channels_last,
+        compile=cfg.trainer.get("compile", False),
     )
     datamodule = DataModule(splits, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.seed)
 
     tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
     name = f"{name_prefix}{cfg.model.name}-{tracking.human_count(n_params)}"
-    run_tags = {"dataset": cfg.data.name, "model": cfg.model.name, **(tags or {})}
+    run_tags = {"dataset": cfg.data.name, "model": cfg.model.name, "precision": precision,
+                **(tags or {})}  # fmt: skip
     if hasattr(net, "weights"):  # ResNet-18 says whether it starts from ImageNet weights
         run_tags["weights"] = net.weights
     with tracking.tracked_run(cfg, name, run_tags, parent_run_id) as run:
@@ -85,7 +90,7 @@ def train(
             max_epochs=cfg.trainer.max_epochs,
             accelerator=cfg.trainer.accelerator,
             devices=cfg.trainer.devices,
-            precision=cfg.trainer.precision,
+            precision=precision,
             logger=logger,
             callbacks=list(callbacks),
             enable_checkpointing=False,
@@ -114,6 +119,14 @@ def train(
             example = splits.train_x[:2].float() / 255
             model_uri = tracking.log_model(Predictor(net, splits.mean, splits.std), example)
     return RunResult(run.info.run_id, name, n_params, metrics, model_uri, confusion)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto`: bf16 mixed precision on a CUDA GPU that has it, full fp32 anywhere else."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def _interruptible(step, *args, **kwargs) -> None:

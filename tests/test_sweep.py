@@ -19,7 +19,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from fmnist_lab.errors import UserError
-from fmnist_lab.sweep import WorkerContext, make_pruner, make_sampler
+from fmnist_lab.sweep import WorkerContext, gpu_count, gpu_for_worker, make_pruner, make_sampler
 
 from .conftest import CONF, default_sigint, run_cli
 
@@ -317,3 +317,11 @@ def test_two_workers_on_a_postgresql_storage_finish_exactly_n_trials(sweep_env, 
         if t.state == TrialState.PRUNED:
             assert "exceed the budget" in t.user_attrs["reason"]
     assert not (tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal").exists()
+
+
+def test_workers_share_several_gpus_round_robin():
+    assert gpu_count("cpu") == 0
+    assert [gpu_for_worker(i, 0) for i in range(3)] == [None] * 3  # CPU
+    assert [gpu_for_worker(i, 1) for i in range(3)] == [None] * 3  # all on the one GPU
+    assert [gpu_for_worker(i, 2) for i in range(5)] == [0, 1, 0, 1, 0]
+    assert [gpu_for_worker(i, 4) for i in range(6)] == [0, 1, 2, 3, 0, 1]

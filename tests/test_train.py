@@ -23,7 +23,7 @@ from fmnist_lab import tracking
 from fmnist_lab.data import load_splits
 from fmnist_lab.evaluate import class_metric_names
 from fmnist_lab.models import build_model
-from fmnist_lab.train import train
+from fmnist_lab.train import resolve_precision, train
 
 from .conftest import CONF, default_sigint, run_cli
 
@@ -74,6 +74,7 @@ def test_short_run_learns_and_records_everything(short_run, make_cfg):
     assert params["optimizer._target_"] == "torch.optim.AdamW" and params["seed"] == "0"
     assert params["params"] == "421738" and metrics["params"] == 421738
     assert tags["dataset"] == "fashion_mnist" and tags["model"] == "convnet"
+    assert params["trainer.precision"] == "auto" and tags["precision"] == "32-true"  # a CPU
     assert len(tags["git_commit"]) in (40, len("unknown"))
 
     # One value per epoch for the training curves; test metrics once.
@@ -280,3 +281,12 @@ def test_r2_recipe_is_sgd_002_for_30_epochs(make_cfg):
     cfg = make_cfg("experiment=r2_mlp")
     assert cfg.model.name == "mlp_r2" and cfg.optimizer._target_ == "torch.optim.SGD"
     assert cfg.optimizer.lr == 0.02 and cfg.trainer.max_epochs == 30
+
+
+def test_precision_auto_means_bf16_only_on_a_gpu_that_has_it():
+    expected = "32-true"
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        expected = "bf16-mixed"
+    assert resolve_precision("auto", "auto") == expected
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("16-mixed", "gpu") == "16-mixed"  # an explicit choice stands
