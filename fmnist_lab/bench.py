@@ -11,6 +11,8 @@ Each is warmed up first, then timed over one epoch; the ratios come from the sam
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import platform
@@ -161,6 +163,65 @@ def bench_sweep(name: str, workers: int, storage: str | None = None,
         return trials, seconds
 
 
+class TimeToAccuracy(pl.Callback):
+    """After each training epoch, the test accuracy (its evaluation timed apart from the
+    training); stops the fit once it reaches `target`."""
+
+    def __init__(self, splits, target: float) -> None:
+        self.x, self.y, self.target = splits.test_x, splits.test_y, target
+        self.train_s, self.reached = 0.0, None
+        self.curve: list[tuple[int, float, float]] = []  # (epoch, training seconds, test acc)
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        _sync(module.device)
+        self.train_s += time.perf_counter() - self.started
+        acc = test_accuracy(module, self.x, self.y)
+        self.curve.append((trainer.current_epoch + 1, self.train_s, acc))
+        if acc >= self.target:
+            self.reached = self.train_s
+            trainer.should_stop = True
+
+
+@torch.no_grad()
+def test_accuracy(module, x: torch.Tensor, y: torch.Tensor, batch: int = 5000) -> float:
+    was_training = module.training
+    module.eval()
+    correct = 0
+    for i in range(0, len(y), batch):
+        logits = module(x[i : i + batch].to(module.device))
+        correct += int((logits.argmax(1).cpu() == y[i : i + batch]).sum())
+    module.train(was_training)
+    return correct / len(y)
+
+
+def time_to_accuracy(target: float, train_args: list[str], max_epochs: int):
+    """Train from scratch on all training images (`train_args`: Hydra overrides of
+    conf/train.yaml) until the test accuracy reaches `target`; the callback's record."""
+    from fmnist_lab.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [
+            *train_args,
+            "data.val_size=0",
+            f"trainer.max_epochs={max_epochs}",
+            "test=false",
+            "log_model=false",
+            "evaluate=false",
+            "trainer.progress_bar=false",
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        ]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        splits = load_splits(cfg.data)
+        clock = TimeToAccuracy(splits, target)
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(cfg, callbacks=[clock], splits=splits)
+    return clock
+
+
 @exit_cleanly
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -174,6 +235,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-epochs", type=int, default=0, metavar="N",
                         help="also time an N-epoch fit of each model with and without "
                         "torch.compile (a trial's length: is compiling worth it?)")  # fmt: skip
+    parser.add_argument(
+        "--time-to-acc",
+        type=float,
+        default=None,
+        metavar="ACC",
+        help="also train --train-args from scratch on all training images "
+        "until the test accuracy reaches ACC (e.g. 0.94); print the seconds",
+    )
+    parser.add_argument(
+        "--train-args",
+        nargs="*",
+        default=[],
+        help="Hydra overrides of conf/train.yaml for --time-to-acc",
+    )
+    parser.add_argument("--max-epochs", type=int, default=30, help="for --time-to-acc")
     parser.add_argument("--sweep", default=None, help="also time this sweep's search")
     parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument(
@@ -192,7 +268,10 @@ def main(argv: list[str] | None = None) -> None:
         help="keep NCHW weights in the lightning and plain paths",
     )
     args = parser.parse_args(argv)
+    if args.time_to_acc is not None and not 0 < args.time_to_acc <= 1:
+        raise UserError(f"--time-to-acc {args.time_to_acc} must be a fraction in (0, 1]")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
 
@@ -255,6 +334,17 @@ def main(argv: list[str] | None = None) -> None:
                                               compile=compiled)  # fmt: skip
             print(f"  {model:<16} eager {times[False]:6.1f} s   compiled {times[True]:6.1f} s   "
                   f"compiled/eager {times[True] / times[False]:.2f}x")  # fmt: skip
+
+    if args.time_to_acc is not None:
+        clock = time_to_accuracy(args.time_to_acc, args.train_args, args.max_epochs)
+        print(f"\ntime to {args.time_to_acc:.1%} test accuracy, from scratch on all training "
+              f"images ({' '.join(args.train_args) or 'the default model'}):")  # fmt: skip
+        for epoch, seconds, acc in clock.curve:
+            print(f"  epoch {epoch:>3}: {seconds:7.1f} s of training, test accuracy {acc:.4f}")
+        if clock.reached is None:
+            print(f"  not reached in {args.max_epochs} epochs")
+        else:
+            print(f"  reached after {clock.reached:.1f} s of training")
 
     if args.sweep:
         where = redact(args.storage) if args.storage else "a journal file"

@@ -740,7 +740,7 @@ def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id
     """Run the workers and follow the study until they are done."""
     spec = cfg.sweep
     deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
-    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    threads = max(1, len(os.sched_getaffinity(0)) // cfg.workers)  # the cores we may use
     context = multiprocessing.get_context("spawn")
     cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     gpus = gpu_count(cfg.trainer.accelerator)

@@ -1,0 +1,33 @@
+"""`python -m fmnist_lab.bench` runs and prints its figures (their values are the benchmark's
+business, not the tests'; docs/benchmarks.md has them)."""
+
+from __future__ import annotations
+
+import re
+
+from .conftest import run_cli
+
+
+def test_bench_prints_throughput_ratios_and_time_to_accuracy(tmp_path, data_root, cache_dir):
+    env = {"FMNIST_LAB_DATA": str(data_root), "FMNIST_LAB_CACHE": str(cache_dir)}
+    result = run_cli(
+        "fmnist_lab.bench", "--model", "convnet_20k", "--images", "2000", "--skip-dataloader",
+        "--time-to-acc", "0.6", "--train-args", "model=convnet_20k", "data.train_fraction=0.2",
+        "--max-epochs", "2", cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    row = re.search(r"^convnet_20k\s+20,538\s+([\d,]+)\s+([\d,]+)\s+-\s+([\d.]+)x\s+-\s+(-?[\d.]+)",
+                    out, re.M)  # fmt: skip
+    assert row, out
+    light, plain = (float(row.group(i).replace(",", "")) for i in (1, 2))
+    assert float(row.group(3)) == round(light / plain, 2)
+    # From scratch to 60 %: one epoch of a 20 k model on 11,000 images gets there.
+    assert re.search(r"epoch +1: +[\d.]+ s of training, test accuracy 0\.\d{4}", out)
+    assert re.search(r"reached after [\d.]+ s of training", out)
+
+
+def test_bench_refuses_an_accuracy_above_one(tmp_path):
+    result = run_cli("fmnist_lab.bench", "--model", "--time-to-acc", "94", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--time-to-acc 94.0 must be a fraction in (0, 1]" in result.stderr
