@@ -35,6 +35,9 @@ def configure(uri: str | None, experiment: str) -> None:
     check_server(mlflow.get_tracking_uri())
     try:
         found = mlflow.set_experiment(experiment)
+        # When another process creates the experiment at the same moment, MLflow returns it
+        # without making it the active one, and new runs would land in "Default".
+        mlflow.set_experiment(experiment_id=found.experiment_id)
         if VIEW_TAG not in found.tags:
             try:
                 prepare_ui(found.experiment_id)

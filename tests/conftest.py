@@ -88,12 +88,14 @@ def start_server(cwd: Path, port: int, backend: str, artifacts: Path, *args: str
     return server
 
 
-def wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 120,
+                    path: str = "/health") -> None:  # fmt: skip
+    """Until `url + path` answers 2xx; fails at once if `proc` dies meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
+            with urllib.request.urlopen(f"{url}{path}", timeout=2):
                 return
         except OSError:
             time.sleep(0.5)

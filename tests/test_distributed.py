@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import optuna
 import pandas as pd
 import pytest
@@ -243,3 +244,30 @@ def test_heartbeat_longer_than_its_grace_period_is_refused(tmp_path, postgres_ur
         "error: heartbeat.interval_s=60 must be positive and below heartbeat.grace_s=30"
     )
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything was recorded
+
+
+def test_the_process_that_loses_the_experiment_creation_race_still_logs_into_it(
+    tmp_path, monkeypatch
+):  # fmt: skip
+    """MLflow's set_experiment, when another process creates the experiment between its
+    lookup and its create, returns it without making it active: runs would land in
+    "Default" and the study's other machines could not resume their parent run."""
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from fmnist_lab import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    created = MlflowClient(uri).create_experiment("quick")  # by "another machine"
+    lookup = TrackingServiceClient.get_experiment_by_name
+    calls = []
+
+    def first_lookup_misses(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else lookup(self, name)
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", first_lookup_misses)
+    tracking.configure(uri, "quick")
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", lookup)
+    with mlflow.start_run() as run:
+        pass
+    assert len(calls) >= 2 and run.info.experiment_id == created

@@ -26,7 +26,7 @@ from PIL import Image
 
 from fmnist_lab.registry import register_champion
 
-from .conftest import REPO, free_port, run_cli
+from .conftest import REPO, free_port, run_cli, wait_for_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "outputs" / "test-artifacts"  # kept after the run (screenshots)
@@ -136,15 +136,7 @@ def app(champion):
         text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=2)
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "the app never answered"
-            time.sleep(0.3)
+    wait_for_server(url, proc, path="/healthz")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
@@ -274,15 +266,7 @@ def test_mlflow_models_serve_answers_on_the_registered_model(champion):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow models serve never answered"
-                time.sleep(0.5)
+        wait_for_server(url, proc, timeout=180, path="/ping")
         inputs = (x[:2, None].astype(np.float32) / 255).tolist()
         status, answer = call(f"{url}/invocations", json.dumps({"inputs": inputs}).encode(),
                               {"Content-Type": "application/json"})  # fmt: skip
