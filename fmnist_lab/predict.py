@@ -35,7 +35,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
-class Classifier:
+class LoadedModel:
     """A loaded model, its class names and what is known about it."""
 
     model: Any  # mlflow.pyfunc.PyFuncModel
@@ -61,7 +61,7 @@ def model_uri(ref: str) -> str:
     return ref
 
 
-def load_classifier(ref: str = DEFAULT_MODEL, dataset: str | None = None) -> Classifier:
+def load_classifier(ref: str = DEFAULT_MODEL, dataset: str | None = None) -> LoadedModel:
     """Load the model `ref` names (see `model_uri`) with what the tracking store says of it."""
     uri = model_uri(ref)
     if not re.match(r"^[a-z][a-z0-9+.-]*:", uri) and not Path(uri).is_dir():
@@ -83,7 +83,7 @@ def load_classifier(ref: str = DEFAULT_MODEL, dataset: str | None = None) -> Cla
     if name not in IDX_DATASETS:
         raise UserError(f"dataset '{name}' is not one of {', '.join(IDX_DATASETS)}")
     info["dataset"] = name
-    return Classifier(model, list(IDX_DATASETS[name][1]), info)
+    return LoadedModel(model, list(IDX_DATASETS[name][1]), info)
 
 
 def summary(info: dict[str, Any]) -> str:

@@ -83,11 +83,12 @@ def open_image(source: bytes | str | Path, max_pixels: int = MAX_PIXELS) -> Imag
 def prepare(image: Image.Image) -> np.ndarray:
     """A 28x28 uint8 array, light object on black, as Fashion-MNIST images are."""
     gray = _grayscale(image)
-    if gray.shape == (SIZE, SIZE) and _background(gray) < 128:
-        return gray  # already in Fashion-MNIST's form
-    if _background(gray) >= 128:
-        gray = 255 - gray
     background = _background(gray)
+    if gray.shape == (SIZE, SIZE) and background < 128:
+        return gray  # already in Fashion-MNIST's form
+    if background >= 128:
+        gray = 255 - gray
+        background = _background(gray)
     # The object: pixels clearly brighter than the background.
     contrast = int(gray.max()) - background
     mask = gray > background + max(16, contrast // 5)

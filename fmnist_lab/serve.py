@@ -14,7 +14,6 @@ import argparse
 import base64
 import binascii
 import json
-import socket
 from importlib import resources
 from typing import Any
 
@@ -26,8 +25,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fmnist_lab import preprocess
 from fmnist_lab.data import IDX_DATASETS
 from fmnist_lab.errors import UserError, exit_cleanly
-from fmnist_lab.predict import DEFAULT_MODEL, Classifier, load_classifier, summary
+from fmnist_lab.predict import DEFAULT_MODEL, LoadedModel, load_classifier, summary
 from fmnist_lab.preprocess import ImageError
+from fmnist_lab.server import check_port_free
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
@@ -55,7 +55,7 @@ PREDICT_BODY = {  # the request body /predict reads itself (to enforce the size 
 
 
 def create_app(
-    classifier: Classifier,
+    classifier: LoadedModel,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     max_pixels: int = preprocess.MAX_PIXELS,
 ) -> FastAPI:
@@ -164,13 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.max_upload_mb <= 0 or args.max_pixels <= 0:
         raise UserError("--max-upload-mb and --max-pixels must be positive")
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((args.host, args.port))
-        except OSError as err:
-            raise UserError(f"cannot serve on {args.host}:{args.port} ({err.strerror}); "
-                            "pick another --port") from None  # fmt: skip
+    check_port_free(args.host, args.port)
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
     classifier = load_classifier(args.model, args.dataset)

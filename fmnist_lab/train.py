@@ -56,7 +56,7 @@ def train(
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    if cfg.trainer.get("cudnn_benchmark", True) and torch.cuda.is_available():
+    if cfg.trainer.cudnn_benchmark and torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed batch shapes: autotune once, reuse
     net = build_model(cfg.model)  # before the data: a bad model config fails at once
     n_params = count_params(net)
@@ -73,7 +73,7 @@ def train(
         label_smoothing=cfg.label_smoothing,
         num_classes=len(splits.classes),
         channels_last=cfg.trainer.channels_last,
-        compile=cfg.trainer.get("compile", False),
+        compile=cfg.trainer.compile,
     )
     datamodule = DataModule(splits, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.seed)
 
