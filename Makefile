@@ -55,7 +55,8 @@ lint: venv
 
 ## Training throughput: Lightning path vs plain loop vs DataLoader (docs/benchmarks.md).
 bench: venv
-	$(PY) -m fmnist_lab.bench --model convnet_20k convnet_100k conv2dsimple2 --sweep quick $(ARGS)
+	$(PY) -m fmnist_lab.bench --model convnet_20k convnet_100k conv2dsimple2 --repeat 2 \
+		--precision 32-true bf16-mixed --sweep quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

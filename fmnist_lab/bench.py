@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -39,6 +40,7 @@ from fmnist_lab.models import build_model, count_params
 from fmnist_lab.module import Classifier
 from fmnist_lab.sweep import redact
 
+PRECISION = {"32-true": "fp32", "bf16-mixed": "bf16"}
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
@@ -49,14 +51,16 @@ def make_net(model: str, seed: int) -> nn.Module:
     return build_model(cfg.model), cfg
 
 
-def bench_lightning(net, splits, batch_size, device, warmup_batches, channels_last) -> float:
+def bench_lightning(net, splits, batch_size, device, warmup_batches, channels_last,
+                    precision="32-true") -> float:  # fmt: skip
     """Seconds for one epoch through pl.Trainer.fit, after a short warm-up fit."""
-    fit_seconds(net, splits, batch_size, device, channels_last, limit=warmup_batches)
-    return fit_seconds(net, splits, batch_size, device, channels_last)
+    fit_seconds(net, splits, batch_size, device, channels_last, limit=warmup_batches,
+                precision=precision)  # fmt: skip
+    return fit_seconds(net, splits, batch_size, device, channels_last, precision=precision)
 
 
 def fit_seconds(net, splits, batch_size, device, channels_last, limit=1.0, epochs=1,
-                compile=False) -> float:  # fmt: skip
+                compile=False, precision="32-true") -> float:  # fmt: skip
     """Wall seconds of one pl.Trainer.fit: `epochs` epochs (of `limit` batches)."""
     module = Classifier(net, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
                         splits.mean, splits.std, channels_last=channels_last,
@@ -65,6 +69,7 @@ def fit_seconds(net, splits, batch_size, device, channels_last, limit=1.0, epoch
         max_epochs=epochs, accelerator=device.type, devices=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
         num_sanity_val_steps=0, limit_val_batches=0, limit_train_batches=limit,
+        precision=precision,
     )  # fmt: skip
     start = time.perf_counter()
     trainer.fit(module, datamodule=DataModule(splits, batch_size, 1000))
@@ -72,7 +77,8 @@ def fit_seconds(net, splits, batch_size, device, channels_last, limit=1.0, epoch
     return time.perf_counter() - start
 
 
-def bench_plain(net, splits, batch_size, device, warmup_batches, channels_last) -> float:
+def bench_plain(net, splits, batch_size, device, warmup_batches, channels_last,
+                bf16=False) -> float:  # fmt: skip
     """Seconds for one epoch of a hand-written loop over the same device tensors."""
     net = net.to(device).train()
     if channels_last:
@@ -81,11 +87,11 @@ def bench_plain(net, splits, batch_size, device, warmup_batches, channels_last) 
     mean, std = splits.mean, splits.std
     batches = DeviceBatches(x_all, y_all, batch_size, shuffle=True)
     return timed_epoch(net, batches, lambda x: (x.float() / 255 - mean) / std, device,
-                       warmup_batches)  # fmt: skip
+                       warmup_batches, bf16)  # fmt: skip
 
 
 def bench_dataloader(net, dataset_name, root, cache_dir, indices, batch_size, device,
-                     warmup_batches, workers) -> float:  # fmt: skip
+                     warmup_batches, workers, bf16=False) -> float:  # fmt: skip
     """Seconds for one epoch the way the reference projects train: per-sample transforms."""
     _load_idx(dataset_name, root, cache_dir)  # stages the files where torchvision looks
     cls = IDX_DATASETS[dataset_name][0]
@@ -95,12 +101,13 @@ def bench_dataloader(net, dataset_name, root, cache_dir, indices, batch_size, de
                         drop_last=True)  # fmt: skip
     net = net.to(device, memory_format=torch.contiguous_format).train()
     return timed_epoch(net, loader, lambda x: x.to(device, non_blocking=True), device,
-                       warmup_batches)  # fmt: skip
+                       warmup_batches, bf16)  # fmt: skip
 
 
-def timed_epoch(net, batches, prepare, device, warmup_batches) -> float:
+def timed_epoch(net, batches, prepare, device, warmup_batches, bf16=False) -> float:
     """Seconds for one pass of SGD over `batches`, after a warm-up of `warmup_batches`;
-    `prepare` turns a batch of images into the net's input."""
+    `prepare` turns a batch of images into the net's input; `bf16`: forward and loss under
+    bf16 autocast, as Lightning's bf16-mixed precision does."""
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -109,7 +116,8 @@ def timed_epoch(net, batches, prepare, device, warmup_batches) -> float:
         for i, (x, y) in enumerate(batches):
             if limit is not None and i >= limit:
                 break
-            loss = loss_fn(net(prepare(x)), y.to(device, non_blocking=True))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(net(prepare(x)), y.to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -129,7 +137,12 @@ def hardware() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+            info = f.read().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+        flags = next(line.split(":", 1)[1].split() for line in info if line.startswith("flags"))
+        # Whether bf16 arithmetic is native here (else bf16-mixed is emulated, and slow).
+        native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+        cpu += f" ({', '.join(native) if native else 'no bf16 instructions'})"
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
@@ -232,6 +245,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (dataloader)")
     parser.add_argument("--skip-dataloader", action="store_true")
+    parser.add_argument("--precision", nargs="+", default=["32-true"], choices=list(PRECISION),
+                        help="of all three paths; both: a row each (bf16-mixed: forward and "
+                        "loss under bf16 autocast, for a GPU or a CPU with bf16)")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="time each path N times, interleaved, and keep the best: steadier "
+                        "ratios on a noisy machine")  # fmt: skip
     parser.add_argument("--compile-epochs", type=int, default=0, metavar="N",
                         help="also time an N-epoch fit of each model with and without "
                         "torch.compile (a trial's length: is compiling worth it?)")  # fmt: skip
@@ -268,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
         help="keep NCHW weights in the lightning and plain paths",
     )
     args = parser.parse_args(argv)
+    args.precision = list(dict.fromkeys(args.precision))  # each once
+    if args.repeat < 1:
+        raise UserError(f"--repeat {args.repeat} must be at least 1")
     if args.time_to_acc is not None and not 0 < args.time_to_acc <= 1:
         raise UserError(f"--time-to-acc {args.time_to_acc} must be a fraction in (0, 1]")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -285,8 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"fmnist_lab bench: {time.strftime('%Y-%m-%d %H:%M')}  {hardware()}")
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
           f"pytorch-lightning {pl.__version__}; {n} images, batch {args.batch_size}, "
-          f"device {device}, channels_last {args.channels_last}")  # fmt: skip
-    header = f"{'model':<16}{'params':>10}{'lightning':>12}{'plain':>12}{'dataloader':>12}"
+          f"device {device}, channels_last {args.channels_last}, {' and '.join(args.precision)}"
+          f"{f', best of {args.repeat}' if args.repeat > 1 else ''}")  # fmt: skip
+    header = f"{'model':<21}{'params':>10}{'lightning':>12}{'plain':>12}{'dataloader':>12}"
     if args.model:
         print(header + f"{'L/plain':>10}{'L/dataloader':>14}{'L ms/step':>11}   (images/s; "
               "L ms/step: Lightning's cost per step over the plain loop)")  # fmt: skip
@@ -294,31 +317,37 @@ def main(argv: list[str] | None = None) -> None:
         net, _ = make_net(model, 0)
         params = count_params(net)
         state = {k: v.clone() for k, v in net.state_dict().items()}
+        common = (net, splits, args.batch_size, device, warmup, args.channels_last)
+        paths = {}
+        for precision in args.precision:
+            bf16 = precision == "bf16-mixed"
+            paths[precision, "plain"] = functools.partial(bench_plain, *common, bf16)
+            paths[precision, "lightning"] = functools.partial(bench_lightning, *common, precision)
+            if not args.skip_dataloader:
+                # As many images as the others (which ones does not change the speed).
+                paths[precision, "dataloader"] = functools.partial(
+                    bench_dataloader, net, args.dataset, data_cfg.root, data_cfg.cache_dir,
+                    list(range(n)), args.batch_size, device, warmup, args.workers, bf16,
+                )  # fmt: skip
         rates = {}
-        net.load_state_dict(state)
-        rates["plain"] = n / bench_plain(
-            net, splits, args.batch_size, device, warmup, args.channels_last
-        )
-        net.load_state_dict(state)
-        rates["lightning"] = n / bench_lightning(
-            net, splits, args.batch_size, device, warmup, args.channels_last
-        )
-        if not args.skip_dataloader:
-            net.load_state_dict(state)
-            # As many images as the others (which ones does not change the speed).
-            indices = list(range(n))
-            rates["dataloader"] = n / bench_dataloader(
-                net, args.dataset, data_cfg.root, data_cfg.cache_dir, indices,
-                args.batch_size, device, warmup, args.workers,
-            )  # fmt: skip
-        light, plain, dl = rates["lightning"], rates["plain"], rates.get("dataloader")
-        dl_rate = f"{dl:,.0f}" if dl else "-"
-        dl_ratio = f"{light / dl:.2f}x" if dl else "-"
-        overhead_ms = args.batch_size * (1 / light - 1 / plain) * 1000
-        print(
-            f"{model:<16}{params:>10,}{light:>12,.0f}{plain:>12,.0f}{dl_rate:>12}"
-            f"{light / plain:>9.2f}x{dl_ratio:>14}{overhead_ms:>11.2f}"
-        )
+        for _ in range(args.repeat):  # interleaved, so that a slow spell hits every path
+            for key, epoch_seconds in paths.items():
+                net.load_state_dict(state)
+                rates[key] = max(rates.get(key, 0.0), n / epoch_seconds())
+        for precision in args.precision:
+            light, plain = rates[precision, "lightning"], rates[precision, "plain"]
+            dl = rates.get((precision, "dataloader"))
+            dl_rate = f"{dl:,.0f}" if dl else "-"
+            dl_ratio = f"{light / dl:.2f}x" if dl else "-"
+            overhead_ms = args.batch_size * (1 / light - 1 / plain) * 1000
+            label = model if len(args.precision) == 1 else f"{model} {PRECISION[precision]}"
+            print(
+                f"{label:<21}{params:>10,}{light:>12,.0f}{plain:>12,.0f}{dl_rate:>12}"
+                f"{light / plain:>9.2f}x{dl_ratio:>14}{overhead_ms:>11.2f}"
+            )
+        if len(args.precision) == 2:
+            speedup = rates["bf16-mixed", "lightning"] / rates["32-true", "lightning"]
+            print(f"{'':<21}lightning bf16 / fp32: {speedup:.2f}x")
 
     if args.compile_epochs:
         print(f"\ntorch.compile, {args.compile_epochs}-epoch fit of {n} images from a cold "
@@ -329,9 +358,10 @@ def main(argv: list[str] | None = None) -> None:
             times = {}
             for compiled in (False, True):
                 net.load_state_dict(state)
-                times[compiled] = fit_seconds(net, splits, args.batch_size, device,
-                                              args.channels_last, epochs=args.compile_epochs,
-                                              compile=compiled)  # fmt: skip
+                times[compiled] = fit_seconds(
+                    net, splits, args.batch_size, device, args.channels_last,
+                    epochs=args.compile_epochs, compile=compiled, precision=args.precision[0],
+                )  # fmt: skip
             print(f"  {model:<16} eager {times[False]:6.1f} s   compiled {times[True]:6.1f} s   "
                   f"compiled/eager {times[True] / times[False]:.2f}x")  # fmt: skip
 

@@ -49,7 +49,7 @@ from fmnist_lab import space as search_space
 from fmnist_lab.data import Splits, load_splits
 from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
-from fmnist_lab.train import train
+from fmnist_lab.train import scaled_lr, train
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Keys of conf/sweep.yaml that steer the sweep; a trial's training config drops them.
@@ -332,9 +332,13 @@ def check_trial_configs(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 variants.append(variant)
     for variant in variants:
         try:
-            ctx.trial_config(variant)
+            trial_cfg = ctx.trial_config(variant)
         except Exception as err:
-            raise UserError(f"a trial's config cannot be composed with {variant}: {err}") from None
+            reason = str(err).strip().splitlines()[0]  # Hydra goes on with its search path
+            raise UserError(
+                f"a trial's config cannot be composed with {variant}: {reason}"
+            ) from None
+        scaled_lr(trial_cfg)  # a bad lr_scaling stops here too
 
 
 def training_config(cfg: DictConfig) -> DictConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 import warnings
@@ -56,6 +57,7 @@ def train(
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    lr = scaled_lr(cfg)
     if cfg.trainer.cudnn_benchmark and torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed batch shapes: autotune once, reuse
     net = build_model(cfg.model)  # before the data: a bad model config fails at once
@@ -64,7 +66,7 @@ def train(
         splits = load_splits(cfg.data)
     module = Classifier(
         net,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=instantiate(cfg.optimizer, lr=lr),
         mean=splits.mean,
         std=splits.std,
         schedule=cfg.scheduler.name,
@@ -85,6 +87,7 @@ def train(
         run_tags["weights"] = net.weights
     with tracking.tracked_run(cfg, name, run_tags, parent_run_id) as run:
         tracking.log_param_count(n_params)
+        mlflow.log_param("lr_effective", lr)  # optimizer.lr after lr_scaling
         logger = tracking.MlflowEpochLogger(run.info.run_id)
         trainer = pl.Trainer(
             max_epochs=cfg.trainer.max_epochs,
@@ -119,6 +122,21 @@ def train(
             example = splits.train_x[:2].float() / 255
             model_uri = tracking.log_model(Predictor(net, splits.mean, splits.std), example)
     return RunResult(run.info.run_id, name, n_params, metrics, model_uri, confusion)
+
+
+LR_RULES = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
+
+
+def scaled_lr(cfg: DictConfig) -> float:
+    """optimizer.lr for data.batch_size, by `lr_scaling`: the linear rule keeps SGD's update
+    per image constant as the batch grows (Goyal et al., 2017), the square-root rule suits
+    Adam-type optimizers; `none` takes optimizer.lr as it is."""
+    rule, base = cfg.lr_scaling.rule, cfg.lr_scaling.base_batch_size
+    if rule not in LR_RULES:
+        raise UserError(f"lr_scaling.rule must be one of {', '.join(LR_RULES)}, not '{rule}'")
+    if not base or base <= 0:
+        raise UserError(f"lr_scaling.base_batch_size must be a positive number, not {base}")
+    return float(cfg.optimizer.lr) * LR_RULES[rule](cfg.data.batch_size / base)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from .conftest import run_cli
 
 
@@ -12,6 +14,7 @@ def test_bench_prints_throughput_ratios_and_time_to_accuracy(tmp_path, data_root
     env = {"FMNIST_LAB_DATA": str(data_root), "FMNIST_LAB_CACHE": str(cache_dir)}
     result = run_cli(
         "fmnist_lab.bench", "--model", "convnet_20k", "--images", "2000", "--skip-dataloader",
+        "--repeat", "2",
         "--time-to-acc", "0.6", "--train-args", "model=convnet_20k", "data.train_fraction=0.2",
         "--max-epochs", "2", cwd=tmp_path, env=env,
     )  # fmt: skip
@@ -20,6 +23,7 @@ def test_bench_prints_throughput_ratios_and_time_to_accuracy(tmp_path, data_root
     row = re.search(r"^convnet_20k\s+20,538\s+([\d,]+)\s+([\d,]+)\s+-\s+([\d.]+)x\s+-\s+(-?[\d.]+)",
                     out, re.M)  # fmt: skip
     assert row, out
+    assert "best of 2" in out
     light, plain = (float(row.group(i).replace(",", "")) for i in (1, 2))
     assert float(row.group(3)) == round(light / plain, 2)
     # From scratch to 60 %: one epoch of a 20 k model on 11,000 images gets there.
@@ -27,7 +31,14 @@ def test_bench_prints_throughput_ratios_and_time_to_accuracy(tmp_path, data_root
     assert re.search(r"reached after [\d.]+ s of training", out)
 
 
-def test_bench_refuses_an_accuracy_above_one(tmp_path):
-    result = run_cli("fmnist_lab.bench", "--model", "--time-to-acc", "94", cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--time-to-acc", "94"], "--time-to-acc 94.0 must be a fraction in (0, 1]"),
+        (["--repeat", "0"], "--repeat 0 must be at least 1"),
+    ],
+)
+def test_bench_refuses_bad_settings_in_one_line(tmp_path, args, message):
+    result = run_cli("fmnist_lab.bench", "--model", *args, cwd=tmp_path)
     assert result.returncode == 2
-    assert "--time-to-acc 94.0 must be a fraction in (0, 1]" in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]

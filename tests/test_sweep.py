@@ -90,15 +90,21 @@ def test_unknown_sampler_is_a_user_error():
         make_sampler(cfg.sweep)
 
 
-def test_bad_sweep_entry_stops_before_any_trial(sweep_env):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+sweep.space.augmentation={type:categorical,choices:[none,nope]}",
+         "a trial's config cannot be composed with"),
+        ("lr_scaling.rule=cubic", "lr_scaling.rule must be one of none, linear, sqrt"),
+    ],
+)  # fmt: skip
+def test_bad_sweep_entry_stops_before_any_trial(sweep_env, override, message):
     tmp_path, _, args = sweep_env
-    result = run_cli(
-        "fmnist_lab.sweep", "sweep=quick", *args,
-        "+sweep.space.augmentation={type:categorical,choices:[none,nope]}", cwd=tmp_path,
-    )  # fmt: skip
+    result = run_cli("fmnist_lab.sweep", "sweep=quick", *args, override, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "a trial's config cannot be composed" in result.stderr and "nope" in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert message in line
     assert not (tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal").exists() or not (
         load(tmp_path, "quick").trials
     )

@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 from mlflow import MlflowClient
@@ -21,9 +22,10 @@ from PIL import Image
 
 from fmnist_lab import tracking
 from fmnist_lab.data import load_splits
+from fmnist_lab.errors import UserError
 from fmnist_lab.evaluate import class_metric_names
 from fmnist_lab.models import build_model
-from fmnist_lab.train import resolve_precision, train
+from fmnist_lab.train import resolve_precision, scaled_lr, train
 
 from .conftest import CONF, default_sigint, run_cli
 
@@ -259,13 +261,50 @@ def test_ctrl_c_ends_the_run_killed_with_exit_130(tmp_path, data_root, cache_dir
     assert run.data.tags["failure_reason"] == "interrupted (Ctrl-C)"
 
 
-def test_impossible_model_exits_2_before_recording(tmp_path, data_root, cache_dir):
-    result = run_cli("fmnist_lab.train", "model.filters=[4,4,4,4,4,4]", f"data.root={data_root}",
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.filters=[4,4,4,4,4,4]", "model 'convnet' cannot be built: 6 poolings shrink "
+         "a 28x28 image below 1x1; at most 4 fit"),
+        ("lr_scaling.rule=cubic", "lr_scaling.rule must be one of none, linear, sqrt, not 'cubic'"),
+    ],
+)  # fmt: skip
+def test_bad_config_exits_2_before_recording(tmp_path, data_root, cache_dir, override, message):
+    result = run_cli("fmnist_lab.train", override, f"data.root={data_root}",
                      f"data.cache_dir={cache_dir}", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "6 poolings shrink a 28x28 image below 1x1" in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(("rule", "factor"), [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
+def test_lr_scaling_follows_the_batch_size(make_cfg, rule, factor):
+    cfg = make_cfg("optimizer=sgd", "data.batch_size=512", f"lr_scaling.rule={rule}")
+    assert scaled_lr(cfg) == pytest.approx(0.01 * factor)
+    at_base = make_cfg("optimizer=sgd", f"lr_scaling.rule={rule}")  # batch 128 = the base
+    assert scaled_lr(at_base) == pytest.approx(0.01)
+    with pytest.raises(UserError, match="base_batch_size must be a positive number"):
+        scaled_lr(make_cfg("lr_scaling.base_batch_size=0"))
+
+
+class FirstStepLR(pl.Callback):
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            self.lr, self.batch = trainer.optimizers[0].param_groups[0]["lr"], len(batch[1])
+
+
+def test_large_batch_run_trains_at_the_scaled_rate(make_cfg, tracking_uri):
+    cfg = make_cfg("model=convnet_20k", "optimizer=sgd", "scheduler=none",
+                   "data.batch_size=512", "lr_scaling.rule=linear", "data.train_fraction=0.05",
+                   "data.val_size=500", "trainer.max_epochs=1", "trainer.progress_bar=false",
+                   "test=false", "log_model=false", f"tracking.uri={tracking_uri}")  # fmt: skip
+    seen = FirstStepLR()
+    result = train(cfg, callbacks=[seen])
+    assert (seen.batch, seen.lr) == (512, pytest.approx(0.04))
+    params = MlflowClient(tracking_uri).get_run(result.run_id).data.params
+    assert float(params["lr_effective"]) == pytest.approx(0.04)
+    assert params["optimizer.lr"] == "0.01" and params["lr_scaling.rule"] == "linear"
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
