@@ -85,7 +85,9 @@ class Classifier(pl.LightningModule):
         logits = self.net(self.normalize(x))
         loss = self.loss_fn(logits, y)
         # Accumulated on the device; read once per epoch, so no host sync per step.
-        self.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(y))
+        # One entry per image, so that a smaller last batch weighs what it holds (with
+        # nan_strategy="disable", MeanMetric ignores a `weight` argument).
+        self.metrics[f"{stage}_loss"].update(loss.detach().expand(len(y)))
         self.metrics[f"{stage}_acc"].update(logits.detach(), y)
         if stage == "test":
             self.test_logits.append(logits.detach())

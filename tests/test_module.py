@@ -14,8 +14,20 @@ from fmnist_lab.data import DataModule, load_splits
 from fmnist_lab.models import build_model
 from fmnist_lab.module import Classifier
 
-# Every way a tensor's value reaches Python: each waits for the device (a host sync).
-HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
+# The Tensor methods through which a value reaches the host: on a GPU each waits for it.
+# (Reads inside torch's C++ ops do not pass through them; on a GPU,
+# torch.cuda.set_sync_debug_mode('error') would see those too.)
+HOST_READS = (
+    "item",
+    "tolist",
+    "__bool__",
+    "__float__",
+    "__int__",
+    "__index__",
+    "__format__",
+    "numpy",
+    "cpu",
+)
 
 
 class TrapHostReads(pl.Callback):
@@ -69,3 +81,24 @@ def test_training_steps_never_read_values_back_from_the_device(make_cfg, schedul
         trap.restore()
     assert trap.steps == trainer.global_step > 0
     assert 0.0 < trainer.callback_metrics["train_acc"] <= 1.0  # the metrics still aggregate
+
+
+def test_epoch_loss_is_the_mean_over_images_when_the_last_batch_is_smaller(make_cfg):
+    cfg = make_cfg("model=convnet_20k", "data.val_size=500", "data.train_fraction=0.01")
+    splits = load_splits(cfg.data)
+    module = Classifier(build_model(cfg.model), instantiate(cfg.optimizer), splits.mean,
+                        splits.std, label_smoothing=0.1)  # fmt: skip
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)  # fmt: skip
+    # Validation in batches of 300 and 200: a mean of the two batch means would be off.
+    trainer.fit(module, datamodule=DataModule(splits, 64, 300, seed=0))
+    module.eval()
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(
+            module(splits.val_x), splits.val_y, label_smoothing=0.1, reduction="none"
+        )
+    batch_means = (losses[:300].mean() + losses[300:].mean()) / 2
+    assert abs(losses.mean() - batch_means) > 1e-4  # the two ways differ on these images
+    assert float(trainer.callback_metrics["val_loss"]) == pytest.approx(float(losses.mean()),
+                                                                        rel=1e-5)  # fmt: skip
