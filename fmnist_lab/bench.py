@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
                         "ratios on a noisy machine")  # fmt: skip
     parser.add_argument("--compile-epochs", type=int, default=0, metavar="N",
                         help="also time an N-epoch fit of each model with and without "
-                        "torch.compile (a trial's length: is compiling worth it?)")  # fmt: skip
+                        "torch.compile (a trial's length: is compiling worth it?), in the "
+                        "first --precision")  # fmt: skip
     parser.add_argument(
         "--time-to-acc",
         type=float,

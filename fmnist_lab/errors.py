@@ -30,3 +30,20 @@ def exit_cleanly(main: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
+
+
+def hydra_message(err: Exception) -> str:
+    """A Hydra composition error in one line: its first line, plus the fix or the choices
+    that Hydra lists under it (its search path is left out)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [repr(err)]
+    first, rest = lines[0], lines[1:]
+    if rest and rest[0].startswith("To append"):
+        return f"{first} ({rest[0][0].lower()}{rest[0][1:]})"
+    if rest and rest[0].startswith("Available options"):
+        options = []
+        for line in rest[1:]:
+            if line.startswith("Config search path"):
+                break
+            options.append(line)
+        return f"{first}; available: {', '.join(options)}"
+    return first

@@ -47,7 +47,7 @@ from sqlalchemy.engine import make_url
 from fmnist_lab import evaluate, registry, tracking
 from fmnist_lab import space as search_space
 from fmnist_lab.data import Splits, load_splits
-from fmnist_lab.errors import UserError, exit_cleanly
+from fmnist_lab.errors import UserError, exit_cleanly, hydra_message
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.train import scaled_lr, train
 
@@ -334,9 +334,8 @@ def check_trial_configs(cfg: DictConfig, overrides: Sequence[str]) -> None:
         try:
             trial_cfg = ctx.trial_config(variant)
         except Exception as err:
-            reason = str(err).strip().splitlines()[0]  # Hydra goes on with its search path
             raise UserError(
-                f"a trial's config cannot be composed with {variant}: {reason}"
+                f"a trial's config cannot be composed with {variant}: {hydra_message(err)}"
             ) from None
         scaled_lr(trial_cfg)  # a bad lr_scaling stops here too
 
@@ -646,6 +645,7 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
         raise UserError("a sweep selects on the validation split: data.val_size must be > 0")
     check_trial_configs(cfg, overrides)
     check_heartbeat(cfg.heartbeat)
+    check_finalist_rule(spec.finalists)
     if cfg.registry.select_by not in registry.SCORES:  # checked now, not after the finalists
         raise UserError(f"registry.select_by={cfg.registry.select_by} must be one of "
                         f"{', '.join(registry.SCORES)}")  # fmt: skip
@@ -880,16 +880,28 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
         return []
 
 
+FINALIST_RULES = ("pareto", "top_k", "budgets")
+
+
 def select_finalists(study: optuna.Study, spec: DictConfig) -> list[FrozenTrial]:
-    """Chosen on validation results only, at most `top_k`: of a multi-objective study the
-    Pareto set, most accurate first; of a single-objective one, the best by its objective."""
+    """Chosen on validation results only. `pareto` / `top_k`: at most `top_k`; of a
+    multi-objective study the Pareto set (or every trial), most accurate first; of a
+    single-objective one, the best by its objective. `budgets`: the frontier, for each
+    parameter budget in `finalists.budgets` the most accurate trial within it (each once)."""
     policy, floor = spec.finalists, spec.constraints.min_val_acc
     complete = [
         t for t in study.get_trials(states=(TrialState.COMPLETE,))
         if floor is None or t.user_attrs["val_acc"] >= floor
     ]  # fmt: skip
-    if policy.select not in ("pareto", "top_k"):
-        raise UserError(f"finalists.select '{policy.select}' is not one of pareto, top_k")
+    check_finalist_rule(policy)
+    if policy.select == "budgets":
+        chosen: dict[int, FrozenTrial] = {}
+        for budget in sorted(policy.budgets):
+            within = [t for t in complete if t.user_attrs["params"] <= budget]
+            if within:
+                best = max(within, key=lambda t: (t.user_attrs["val_acc"], -t.user_attrs["params"]))
+                chosen[best.number] = best
+        return sorted(chosen.values(), key=lambda t: t.user_attrs["params"])
     if len(study.directions) > 1:
         pool = pareto_trials(study) if policy.select == "pareto" else complete
         ranked = sorted(pool, key=lambda t: t.user_attrs["val_acc"], reverse=True)
@@ -899,6 +911,20 @@ def select_finalists(study: optuna.Study, spec: DictConfig) -> list[FrozenTrial]
         if policy.select == "pareto":
             ranked = ranked[:1]
     return ranked[: policy.top_k]
+
+
+def check_finalist_rule(policy: DictConfig) -> None:
+    if policy.select not in FINALIST_RULES:
+        raise UserError(
+            f"finalists.select '{policy.select}' is not one of {', '.join(FINALIST_RULES)}"
+        )
+    budgets = policy.get("budgets")
+    if policy.select == "budgets" and (
+        not budgets or not all(isinstance(b, int) and b > 0 for b in budgets)
+    ):
+        raise UserError(
+            "finalists.select=budgets needs finalists.budgets: a list of parameter counts"
+        )
 
 
 def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str):

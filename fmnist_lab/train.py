@@ -134,7 +134,7 @@ def scaled_lr(cfg: DictConfig) -> float:
     rule, base = cfg.lr_scaling.rule, cfg.lr_scaling.base_batch_size
     if rule not in LR_RULES:
         raise UserError(f"lr_scaling.rule must be one of {', '.join(LR_RULES)}, not '{rule}'")
-    if not base or base <= 0:
+    if isinstance(base, bool) or not isinstance(base, int | float) or base <= 0:
         raise UserError(f"lr_scaling.base_batch_size must be a positive number, not {base}")
     return float(cfg.optimizer.lr) * LR_RULES[rule](cfg.data.batch_size / base)
 

@@ -19,7 +19,14 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from fmnist_lab.errors import UserError
-from fmnist_lab.sweep import WorkerContext, gpu_count, gpu_for_worker, make_pruner, make_sampler
+from fmnist_lab.sweep import (
+    WorkerContext,
+    gpu_count,
+    gpu_for_worker,
+    make_pruner,
+    make_sampler,
+    select_finalists,
+)
 
 from .conftest import CONF, default_sigint, run_cli
 
@@ -96,6 +103,7 @@ def test_unknown_sampler_is_a_user_error():
         ("+sweep.space.augmentation={type:categorical,choices:[none,nope]}",
          "a trial's config cannot be composed with"),
         ("lr_scaling.rule=cubic", "lr_scaling.rule must be one of none, linear, sqrt"),
+        ("sweep.finalists.select=budgets", "finalists.select=budgets needs finalists.budgets"),
     ],
 )  # fmt: skip
 def test_bad_sweep_entry_stops_before_any_trial(sweep_env, override, message):
@@ -108,6 +116,32 @@ def test_bad_sweep_entry_stops_before_any_trial(sweep_env, override, message):
     assert not (tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal").exists() or not (
         load(tmp_path, "quick").trials
     )
+
+
+def finished_study(points: list[tuple[int, float]]) -> optuna.Study:
+    """A two-objective study of COMPLETE trials with these (params, val_acc)."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for params, acc in points:
+        study.add_trial(optuna.trial.create_trial(
+            values=[acc, params], user_attrs={"params": params, "val_acc": acc},
+        ))  # fmt: skip
+    return study
+
+
+def test_budget_finalists_are_the_frontier_chosen_on_validation():
+    study = finished_study([(8_000, 0.90), (9_000, 0.89), (30_000, 0.93), (45_000, 0.925),
+                            (60_000, 0.935), (90_000, 0.934), (200_000, 0.95)])  # fmt: skip
+    cfg = compose_sweep("sweep=min_params_94",
+                        "sweep.finalists.budgets=[5000,10000,20000,50000,100000]")  # fmt: skip
+    chosen = select_finalists(study, cfg.sweep)
+    # 5 k: nothing fits; 10 k and 20 k: the same 8 k trial, once; 50 k: 30 k; 100 k: 60 k.
+    assert [t.user_attrs["params"] for t in chosen] == [8_000, 30_000, 60_000]
+    # The Pareto rule takes the most accurate Pareto-optimal trials instead: the big ones.
+    pareto = compose_sweep("sweep=min_params_94", "sweep.finalists.select=pareto",
+                           "sweep.finalists.top_k=2")  # fmt: skip
+    assert [t.user_attrs["params"] for t in select_finalists(study, pareto.sweep)] == [
+        200_000, 60_000,
+    ]  # fmt: skip
 
 
 def compose_sweep(*overrides: str):

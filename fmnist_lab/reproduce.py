@@ -1,0 +1,272 @@
+"""`python -m fmnist_lab.reproduce`: the reference recipes, several seeds each, next to the
+figures their sources reported.
+
+Each `conf/experiment/r*.yaml` with a `reference:` block is one row. Every (recipe, seed) is
+one ordinary training run, tagged `reproduce=<recipe>`, in the MLflow experiment
+`references`; running the command again trains only the seeds not yet recorded, then prints
+the table from what MLflow holds:
+
+    python -m fmnist_lab.reproduce r1_mlp r2_mlp --seeds 3
+    python -m fmnist_lab.reproduce --table-only --format markdown   # the table, no training
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from omegaconf import DictConfig
+
+from fmnist_lab import tracking
+from fmnist_lab.errors import UserError, exit_cleanly, hydra_message
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+EXPERIMENT = "references"
+
+
+def recipes() -> dict[str, DictConfig]:
+    """Every reference recipe: experiment name -> its `reference:` block."""
+    found = {}
+    for path in sorted((CONF / "experiment").glob("*.yaml")):
+        cfg = compose_recipe(path.stem, [])
+        if "reference" in cfg:
+            found[path.stem] = cfg.reference
+    return found
+
+
+def compose_recipe(name: str, overrides: Sequence[str]) -> DictConfig:
+    """conf/train.yaml with `experiment=<name>` and the overrides; a bad one: one line."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        try:
+            return compose("train", overrides=[f"experiment={name}", *overrides])
+        except HydraException as err:
+            raise UserError(f"cannot compose experiment={name}: {hydra_message(err)}") from None
+
+
+@dataclass
+class Row:
+    recipe: str
+    label: str
+    model: str
+    params: int
+    reported_params: int | None
+    reported_acc: float | None
+    reported_val: float | None  # a source that gave only a validation figure
+    overrides: str
+    runs: int = 0
+    accs: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.accs) if self.accs else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.accs) if len(self.accs) > 1 else None
+
+
+RESERVED = {"seed": "--seeds", "data": "--data", "tracking": "--tracking-uri"}
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """`--set` takes Hydra overrides, but not of what the command itself controls."""
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if "=" not in item:
+            raise UserError(f"--set takes KEY=VALUE overrides; '{item}' is not one "
+                            "(recipe names go before --set)")  # fmt: skip
+        root = key.split(".", 1)[0]
+        if key in RESERVED or root == "tracking":  # data.* keys are fine, the dataset is not
+            raise UserError(f"--set {item}: this command sets {key} itself; use "
+                            f"{RESERVED[root]} instead")  # fmt: skip
+
+
+def run_config(recipe: str, seed: int, data: str | None, overrides: Sequence[str],
+               uri: str | None) -> DictConfig:  # fmt: skip
+    """The training config of one seed of `recipe`, as `python -m fmnist_lab.train` gets it."""
+    return compose_recipe(recipe, [
+        *([f"data={data}"] if data else []), f"seed={seed}",
+        *([f"tracking.uri={uri}"] if uri else []), f"tracking.experiment={EXPERIMENT}",
+        "trainer.progress_bar=false", *overrides,
+    ])  # fmt: skip
+
+
+def check_recipe(recipe: str, data: str | None, overrides: Sequence[str]) -> None:
+    """Everything that can be wrong with a recipe's config before any run is recorded."""
+    from fmnist_lab.models import build_model
+    from fmnist_lab.train import scaled_lr
+
+    cfg = run_config(recipe, 0, data, overrides, None)
+    try:
+        build_model(cfg.model)
+        scaled_lr(cfg)
+    except UserError as err:
+        raise UserError(f"experiment={recipe}: {err}") from None
+
+
+def signature(overrides: Sequence[str]) -> str:
+    """How a set of overrides is recorded and found again (order does not matter)."""
+    return " ".join(sorted(overrides))
+
+
+def recorded(client: MlflowClient, recipe: str, dataset: str, overrides: Sequence[str],
+             seeds: int) -> dict[int, Run]:  # fmt: skip
+    """The latest finished run of each seed 0..seeds-1 of `recipe` on `dataset` made with
+    exactly these overrides."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return {}
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.reproduce = '{recipe}' and tags.dataset = '{dataset}' "
+        "and attributes.status = 'FINISHED'",
+        max_results=1000,
+        order_by=["attributes.start_time ASC"],
+    )
+    by_seed = {}
+    for run in runs:
+        seed = int(run.data.params.get("seed", -1))
+        if 0 <= seed < seeds and run.data.tags.get("reproduce.overrides", "") == signature(
+            overrides
+        ):
+            by_seed[seed] = run  # a later run of the same seed replaces an earlier one
+    return by_seed
+
+
+def reproduce(recipe: str, seeds: int, data: str | None, overrides: Sequence[str],
+              uri: str | None) -> None:  # fmt: skip
+    """Train the seeds 0..seeds-1 of `recipe` that are not recorded yet."""
+    from fmnist_lab.train import train  # torch and Lightning only when training
+
+    dataset = run_config(recipe, 0, data, overrides, uri).data.name
+    done = recorded(MlflowClient(), recipe, dataset, overrides, seeds)
+    for seed in range(seeds):
+        if seed in done:
+            print(f"{recipe} seed {seed}: already recorded")
+            continue
+        cfg = run_config(recipe, seed, data, overrides, uri)
+        tags = {"reproduce": recipe, "reproduce.overrides": signature(overrides)}
+        result = train(cfg, tags=tags)
+        acc = result.metrics.get("test_acc")
+        shown = f"test accuracy {acc:.4f}" if acc is not None else "no test (test=false)"
+        print(f"{recipe} seed {seed}: {shown}, {result.metrics['train_time_s']:.0f} s "
+              f"(run {result.run_id})", flush=True)  # fmt: skip
+
+
+def table_rows(names: Sequence[str], seeds: int, data: str | None,
+               overrides: Sequence[str]) -> list[Row]:  # fmt: skip
+    """One row per recipe from the runs MLflow holds (with no runs: the row, empty). The
+    reported figures stand beside a recipe only on the data its source used."""
+    from fmnist_lab.models import build_model, count_params
+
+    client, rows = MlflowClient(), []
+    for name, ref in recipes().items():
+        if names and name not in names:
+            continue
+        cfg = run_config(name, 0, data, overrides, None)
+        own_data = cfg.data.name == compose_recipe(name, []).data.name
+        row = Row(
+            recipe=name,
+            label=ref.label,
+            model=cfg.model.name,
+            params=count_params(build_model(cfg.model)),
+            reported_params=ref.get("params"),
+            reported_acc=ref.get("test_acc") if own_data else None,
+            reported_val=ref.get("val_acc") if own_data else None,
+            overrides=signature(overrides),
+        )
+        for run in recorded(client, name, cfg.data.name, overrides, seeds).values():
+            row.runs += 1
+            if "test_acc" in run.data.metrics:
+                row.accs.append(run.data.metrics["test_acc"])
+                row.seconds.append(run.data.metrics.get("train_time_s", float("nan")))
+        rows.append(row)
+    return rows
+
+
+def render(rows: Sequence[Row], fmt: str) -> str:
+    """The table as aligned text or Markdown, with the footnote for the marked rows."""
+    header = ["ref", "recipe", "params", "reported params", "test acc (ours)", "reported",
+              "ours - reported", "train time / seed"]  # fmt: skip
+    lines = []
+    for r in rows:
+        ours = f"{r.runs} runs, no test_acc" if r.runs else "not run"
+        if r.accs:
+            ours = f"{r.mean:.2%}" + (f" +/- {r.std:.2%}" if r.std is not None else "")
+            ours += f" (n={len(r.accs)})"
+        diff = ""
+        if r.mean is not None and r.reported_acc is not None:
+            points = (r.mean - r.reported_acc) * 100
+            diff = f"{points:+.2f} pts" + (" *" if abs(points) > 0.5 else "")
+        lines.append([
+            r.label, r.recipe + (f" ({r.overrides})" if r.overrides else ""), f"{r.params:,}",
+            f"{r.reported_params:,}" if r.reported_params else "-",
+            ours, _reported(r), diff,
+            f"{statistics.fmean(r.seconds):.0f} s" if r.seconds else "",
+        ])  # fmt: skip
+    if fmt == "markdown":
+        out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        out += ["| " + " | ".join(cells) + " |" for cells in lines]
+    else:
+        widths = [max(len(c) for c in col) for col in zip(header, *lines, strict=True)]
+        out = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+               for cells in [header, *lines]]  # fmt: skip
+    return "\n".join(out) + "\n(* more than half a point from the reported figure)"
+
+
+def _reported(row: Row) -> str:
+    if row.reported_acc is not None:
+        return f"{row.reported_acc:.2%}"
+    return f"{row.reported_val:.2%} (val)" if row.reported_val is not None else "-"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m fmnist_lab.reproduce", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("recipes", nargs="*", help="experiment names (default: every reference)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per recipe (3)")
+    parser.add_argument("--data", default=None, choices=["fashion_mnist", "mnist"],
+                        help="the dataset (default: each recipe's own)")  # fmt: skip
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="Hydra overrides for every run (marked in the table)")  # fmt: skip
+    parser.add_argument("--tracking-uri", default=None,
+                        help="else $MLFLOW_TRACKING_URI, else ./mlflow.db")  # fmt: skip
+    parser.add_argument("--table-only", action="store_true", help="train nothing")
+    parser.add_argument("--format", default="table", choices=["table", "markdown"])
+    return parser.parse_args(argv)
+
+
+@exit_cleanly
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    known = recipes()
+    unknown = [name for name in args.recipes if name not in known]
+    if unknown:
+        raise UserError(f"no reference recipe {', '.join(unknown)}; known: {', '.join(known)}")
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds} must be at least 1")
+    check_overrides(args.set)
+    for name in args.recipes or known:  # a bad override stops before anything is trained
+        check_recipe(name, args.data, args.set)
+    tracking.configure(args.tracking_uri, EXPERIMENT)
+    if not args.table_only:
+        for name in args.recipes or known:
+            reproduce(name, args.seeds, args.data, args.set, args.tracking_uri)
+    print(render(table_rows(args.recipes, args.seeds, args.data, args.set), args.format))
+    print(f"MLflow: {mlflow.get_tracking_uri()} (experiment '{EXPERIMENT}')")
+
+
+if __name__ == "__main__":
+    main()

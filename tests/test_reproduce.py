@@ -1,0 +1,100 @@
+"""`python -m fmnist_lab.reproduce`: reference recipes, seeds, resume, and the table, on the
+real data with a real MLflow store (shortened recipes: the full ones are docs/results.md's)."""
+
+from __future__ import annotations
+
+import re
+import statistics
+
+import pytest
+from mlflow import MlflowClient
+
+from fmnist_lab.reproduce import main, recipes
+
+from .conftest import run_cli
+
+SHORT = ["--set", "data.train_fraction=0.05", "trainer.max_epochs=1", "evaluate=false",
+         "log_model=false"]  # fmt: skip
+
+
+@pytest.fixture
+def env(data_root, cache_dir):
+    return {"FMNIST_LAB_DATA": str(data_root), "FMNIST_LAB_CACHE": str(cache_dir)}
+
+
+def runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("references")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_every_reference_of_the_issue_has_a_recipe_with_its_reported_figures():
+    found = recipes()
+    assert set(found) == {"r1_mlp", "r2_mlp", "r3_cnn", "r5_conv2dnet", "r5_inception_cnn",
+                          "r5_conv2dsimple", "r5_conv2dsimple2", "r5_conv2dsimple3"}  # fmt: skip
+    assert found["r2_mlp"].test_acc == 0.8871 and found["r2_mlp"].params == 238_314
+    assert found["r5_conv2dsimple2"].test_acc == 0.936
+    assert found["r5_inception_cnn"].test_acc is None and found["r5_inception_cnn"].val_acc
+
+
+def test_seeds_are_trained_once_and_tabled_next_to_the_reported_figure(tmp_path, env):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = run_cli("fmnist_lab.reproduce", "r2_mlp", "--seeds", "2", "--tracking-uri", uri,
+                    *SHORT, cwd=tmp_path, env=env)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert re.search(r"^r2_mlp seed 0: test accuracy 0\.\d{4}", first.stdout, re.M)
+    assert re.search(r"^r2_mlp seed 1: test accuracy 0\.\d{4}", first.stdout, re.M)
+    recorded = runs(uri)
+    assert len(recorded) == 2
+    assert {r.data.params["seed"] for r in recorded} == {"0", "1"}
+    assert {r.data.tags["reproduce"] for r in recorded} == {"r2_mlp"}
+    assert all(r.info.status == "FINISHED" for r in recorded)
+
+    # Again with a third seed: only that one is trained.
+    again = run_cli("fmnist_lab.reproduce", "r2_mlp", "--seeds", "3", "--tracking-uri", uri,
+                    "--format", "markdown", *SHORT, cwd=tmp_path, env=env)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "r2_mlp seed 0: already recorded" in again.stdout
+    assert "r2_mlp seed 1: already recorded" in again.stdout
+    assert re.search(r"^r2_mlp seed 2: test accuracy", again.stdout, re.M)
+    recorded = runs(uri)
+    assert len(recorded) == 3
+    accs = [r.data.metrics["test_acc"] for r in recorded]
+    row = next(line for line in again.stdout.splitlines() if line.startswith("| R2 MLP"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "r2_mlp (" + " ".join(sorted(SHORT[1:])) + ")"  # a changed recipe says so
+    assert cells[2] == "238,314" and cells[3] == "238,314" and cells[5] == "88.71%"
+    mean, std = statistics.fmean(accs), statistics.stdev(accs)
+    assert cells[4] == f"{mean:.2%} +/- {std:.2%} (n=3)"
+    assert cells[6].startswith(f"{(mean - 0.8871) * 100:+.2f} pts")
+
+    # The table alone trains nothing; the full recipe (no overrides) has no runs yet.
+    table = run_cli("fmnist_lab.reproduce", "r2_mlp", "--table-only", "--tracking-uri", uri,
+                    cwd=tmp_path, env=env)  # fmt: skip
+    assert table.returncode == 0, table.stderr[-3000:]
+    assert re.search(r"^R2 MLP 784-256-128-32-10\s+r2_mlp\s+238,314\s+238,314\s+not run",
+                     table.stdout, re.M)  # fmt: skip
+    assert len(runs(uri)) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["r9_nope"], "no reference recipe r9_nope; known: r1_mlp, r2_mlp"),
+        (["r2_mlp", "--set", "trainer.max_epoch=1"],
+         "cannot compose experiment=r2_mlp: Could not override 'trainer.max_epoch'"),
+        (["r2_mlp", "--seeds", "0"], "--seeds 0 must be at least 1"),
+        (["r2_mlp", "--set", "seed=7"], "this command sets seed itself; use --seeds instead"),
+        (["--set", "data=mnist", "r2_mlp"], "use --data instead"),
+        (["--set", "trainer.max_epochs=1", "r2_mlp"], "'r2_mlp' is not one"),
+        (["r2_mlp", "--set", "lr_scaling.rule=cubic"], "lr_scaling.rule must be one of"),
+        (["r2_mlp", "--set", "model.hidden=[-1]"], "experiment=r2_mlp: model 'mlp_r2' cannot be"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_records_nothing(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exited:  # in this process: the checks need no subprocess
+        main([*args, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+    assert not (tmp_path / "mlflow.db").exists()
