@@ -15,6 +15,7 @@ import math
 import statistics
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -216,9 +217,8 @@ def display_frame(rows: list[Row]) -> pd.DataFrame:
     )
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    """A pipe table: text columns left-aligned, the others right-aligned."""
-    left = ("run", "model")
+def markdown(frame: pd.DataFrame, left: Sequence[str] = ("run", "model")) -> str:
+    """A pipe table: the `left` (text) columns left-aligned, the others right-aligned."""
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "|".join("---" if c in left else "---:" for c in frame.columns) + "|"
     body = ["| " + " | ".join(map(str, v)) + " |" for v in frame.itertuples(index=False)]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from mlflow import MlflowClient
@@ -34,12 +35,12 @@ EXPERIMENT = "references"
 
 
 def recipes() -> dict[str, DictConfig]:
-    """Every reference recipe: experiment name -> its `reference:` block."""
+    """Every reference recipe: experiment name -> its composed config (with `reference:`)."""
     found = {}
     for path in sorted((CONF / "experiment").glob("*.yaml")):
         cfg = compose_recipe(path.stem, [])
         if "reference" in cfg:
-            found[path.stem] = cfg.reference
+            found[path.stem] = cfg
     return found
 
 
@@ -133,12 +134,10 @@ def recorded(client: MlflowClient, recipe: str, dataset: str, overrides: Sequenc
         max_results=1000,
         order_by=["attributes.start_time ASC"],
     )
-    by_seed = {}
+    by_seed, wanted = {}, signature(overrides)
     for run in runs:
         seed = int(run.data.params.get("seed", -1))
-        if 0 <= seed < seeds and run.data.tags.get("reproduce.overrides", "") == signature(
-            overrides
-        ):
+        if 0 <= seed < seeds and run.data.tags.get("reproduce.overrides", "") == wanted:
             by_seed[seed] = run  # a later run of the same seed replaces an earlier one
     return by_seed
 
@@ -163,18 +162,20 @@ def reproduce(recipe: str, seeds: int, data: str | None, overrides: Sequence[str
               f"(run {result.run_id})", flush=True)  # fmt: skip
 
 
-def table_rows(names: Sequence[str], seeds: int, data: str | None,
-               overrides: Sequence[str]) -> list[Row]:  # fmt: skip
-    """One row per recipe from the runs MLflow holds (with no runs: the row, empty). The
-    reported figures stand beside a recipe only on the data its source used."""
+def table_rows(known: dict[str, DictConfig], names: Sequence[str], seeds: int,
+               data: str | None, overrides: Sequence[str]) -> list[Row]:  # fmt: skip
+    """One row per recipe of `known` (or of `names`) from the runs MLflow holds (with no
+    runs: the row, empty). The reported figures stand beside a recipe only on the data its
+    source used."""
     from fmnist_lab.models import build_model, count_params
 
     client, rows = MlflowClient(), []
-    for name, ref in recipes().items():
+    for name, recipe in known.items():
         if names and name not in names:
             continue
+        ref = recipe.reference
         cfg = run_config(name, 0, data, overrides, None)
-        own_data = cfg.data.name == compose_recipe(name, []).data.name
+        own_data = cfg.data.name == recipe.data.name
         row = Row(
             recipe=name,
             label=ref.label,
@@ -196,9 +197,9 @@ def table_rows(names: Sequence[str], seeds: int, data: str | None,
 
 def render(rows: Sequence[Row], fmt: str) -> str:
     """The table as aligned text or Markdown, with the footnote for the marked rows."""
-    header = ["ref", "recipe", "params", "reported params", "test acc (ours)", "reported",
-              "ours - reported", "train time / seed"]  # fmt: skip
-    lines = []
+    from fmnist_lab.report import markdown
+
+    records = []
     for r in rows:
         ours = f"{r.runs} runs, no test_acc" if r.runs else "not run"
         if r.accs:
@@ -208,20 +209,22 @@ def render(rows: Sequence[Row], fmt: str) -> str:
         if r.mean is not None and r.reported_acc is not None:
             points = (r.mean - r.reported_acc) * 100
             diff = f"{points:+.2f} pts" + (" *" if abs(points) > 0.5 else "")
-        lines.append([
-            r.label, r.recipe + (f" ({r.overrides})" if r.overrides else ""), f"{r.params:,}",
-            f"{r.reported_params:,}" if r.reported_params else "-",
-            ours, _reported(r), diff,
-            f"{statistics.fmean(r.seconds):.0f} s" if r.seconds else "",
-        ])  # fmt: skip
+        records.append({
+            "ref": r.label,
+            "recipe": r.recipe + (f" ({r.overrides})" if r.overrides else ""),
+            "params": f"{r.params:,}",
+            "reported params": f"{r.reported_params:,}" if r.reported_params else "-",
+            "test acc (ours)": ours,
+            "reported": _reported(r),
+            "ours - reported": diff,
+            "train time / seed": f"{statistics.fmean(r.seconds):.0f} s" if r.seconds else "",
+        })  # fmt: skip
+    frame = pd.DataFrame(records)
     if fmt == "markdown":
-        out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        out += ["| " + " | ".join(cells) + " |" for cells in lines]
+        table = markdown(frame, left=("ref", "recipe"))
     else:
-        widths = [max(len(c) for c in col) for col in zip(header, *lines, strict=True)]
-        out = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-               for cells in [header, *lines]]  # fmt: skip
-    return "\n".join(out) + "\n(* more than half a point from the reported figure)"
+        table = frame.to_string(index=False, justify="left")
+    return table + "\n(* more than half a point from the reported figure)"
 
 
 def _reported(row: Row) -> str:
@@ -264,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.table_only:
         for name in args.recipes or known:
             reproduce(name, args.seeds, args.data, args.set, args.tracking_uri)
-    print(render(table_rows(args.recipes, args.seeds, args.data, args.set), args.format))
+    rows = table_rows(known, args.recipes, args.seeds, args.data, args.set)
+    print(render(rows, args.format))
     print(f"MLflow: {mlflow.get_tracking_uri()} (experiment '{EXPERIMENT}')")
 
 
