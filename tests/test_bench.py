@@ -25,7 +25,9 @@ def test_bench_prints_throughput_ratios_and_time_to_accuracy(tmp_path, data_root
     assert row, out
     assert "best of 2" in out
     light, plain = (float(row.group(i).replace(",", "")) for i in (1, 2))
-    assert float(row.group(3)) == round(light / plain, 2)
+    # The ratio comes from the unrounded rates: within half a unit of its last digit (plus the
+    # rates' own rounding to whole images/s) of the ratio of the printed rates.
+    assert abs(float(row.group(3)) - light / plain) <= 0.005 + 1 / plain
     # From scratch to 60 %: one epoch of a 20 k model on 11,000 images gets there.
     assert re.search(r"epoch +1: +[\d.]+ s of training, test accuracy 0\.\d{4}", out)
     assert re.search(r"reached after [\d.]+ s of training", out)
