@@ -61,6 +61,7 @@ def test_r2_mlp_is_784_256_128_32_10(make_cfg):
     [
         dict(filters=[8, 16, 32], residual=True, convs_per_block=2),
         dict(filters=[8, 16], head="gap", fc=[]),
+        dict(filters=[8, 16, 16], separable=True, residual=True, convs_per_block=2, head="gap"),
         dict(filters=[8, 8, 8, 8], pool=["max", "avg", "none", "max"], dropout=[0.1, 0, 0, 0.2]),
         dict(filters=[4], kernel_size=5, batch_norm=False, fc=[32, 16], fc_dropout=0.5),
     ],
@@ -76,6 +77,12 @@ def test_convnet_counts_follow_its_settings():
     assert count_params(net) == (9 * 8) + (2 * 8) + (8 * 14 * 14 * 10 + 10)
     gap = ConvNet(filters=[8], fc=[], head="gap")
     assert count_params(gap) == (9 * 8) + (2 * 8) + (8 * 10 + 10)
+    # Separable: the first conv sees one channel and stays whole; the second is a depthwise
+    # 3x3 (9 weights per channel) and a 1x1 pointwise 8 -> 16.
+    sep = ConvNet(filters=[8, 16], fc=[], head="gap", separable=True)
+    assert count_params(sep) == (9 * 8 + 2 * 8) + (8 * 9 + 8 * 16 + 2 * 16) + (16 * 10 + 10)
+    whole = ConvNet(filters=[8, 16], fc=[], head="gap")
+    assert count_params(whole) - count_params(sep) == 8 * 16 * 9 - (8 * 9 + 8 * 16)
 
 
 def test_too_many_poolings_is_refused_with_the_reason(make_cfg):

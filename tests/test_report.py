@@ -13,8 +13,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
+from fmnist_lab import export
 from fmnist_lab.data import load_splits
 from fmnist_lab.registry import register_champion
 from fmnist_lab.report import pareto_flags
@@ -277,3 +280,57 @@ def test_optuna_dashboard_opens_the_sweeps_journal(sweep):
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)
+
+
+def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(sweep, tmp_path):
+    study_dir, uri, _ = sweep
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(STUDY)
+    finalists = [
+        r
+        for r in client.search_runs([experiment.experiment_id], "tags.role = 'finalist'")
+        if r.info.status == "FINISHED"
+    ]
+    assert len(finalists) == 2
+    smallest = min(finalists, key=lambda r: r.data.metrics["params"])
+    on_val = max(finalists, key=lambda r: (r.data.metrics["val_acc"], -r.data.metrics["params"]))
+    out = tmp_path / "experiment"
+    args = ("--study", STUDY, "--tracking-uri", uri, "--out", str(out))
+    budget = int(smallest.data.metrics["params"])
+    result = run_cli("fmnist_lab.export", *args, f"best_small={budget}", "best_any=1e7",
+                     cwd=study_dir)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    for name, run in (("best_small", smallest), ("best_any", on_val)):
+        text = (out / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_\n")
+        assert f"trial {run.data.tags['optuna.trial']} " in text
+        with initialize_config_dir(config_dir=str(export.CONF), version_base="1.3"):
+            cfg = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path}]",
+                                              f"experiment={name}"])  # fmt: skip
+        composed = OmegaConf.to_container(cfg, resolve=True)
+        reference = composed.pop("reference")
+        recorded = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
+        original = OmegaConf.to_container(OmegaConf.create(recorded), resolve=True)
+        # `train experiment=<name>` trains what the finalist's seeds trained (on all 60,000
+        # images: no validation split), less the machine's folders, threads, store and seed.
+        assert export._drop_machine_keys(composed) == export._drop_machine_keys(original)
+        assert composed["data"]["val_size"] == 0
+        accs = json.loads(run.data.tags["test_accs"])
+        assert reference["params"] == run.data.metrics["params"]
+        assert reference["test_acc"] == pytest.approx(sum(accs) / len(accs), abs=1e-6)
+
+    # Refusals: one line, exit 2, and no file written unless every budget has its finalist.
+    for extra, message in [
+        (("best_small=1000",), f"{out / 'best_small.yaml'} exists; --force replaces it"),
+        (("--force", "best_new=1e7", "best_tiny=10"), "no finalist of 'report_test' has at "
+         f"most 10 parameters (the smallest has {budget:,})"),
+        (("best=big",), "'best=big' is not NAME=MAX_PARAMS, e.g. best_50k=50000"),
+    ]:  # fmt: skip
+        result = run_cli("fmnist_lab.export", *args, *extra, cwd=study_dir)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines() == [f"error: {message}"]
+    assert not (out / "best_new.yaml").exists()
+    result = run_cli("fmnist_lab.export", "--study", "nope", "--tracking-uri", uri, "x=1",
+                     cwd=study_dir)  # fmt: skip
+    assert result.returncode == 2 and "no study 'nope'" in result.stderr

@@ -8,6 +8,19 @@ import torch
 from torch import nn
 
 
+def conv(cin: int, cout: int, kernel_size: int, bias: bool, separable: bool) -> nn.Module:
+    """A `kernel_size` convolution keeping the image size; with `separable` and more than one
+    input channel, a depthwise one (a kernel per channel) followed by a 1x1 pointwise one:
+    cin x (k*k + cout) weights instead of cin x cout x k*k."""
+    padding = kernel_size // 2
+    if not separable or cin == 1:
+        return nn.Conv2d(cin, cout, kernel_size, padding=padding, bias=bias)
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, kernel_size, padding=padding, groups=cin, bias=False),
+        nn.Conv2d(cin, cout, 1, bias=bias),
+    )
+
+
 class ConvBlock(nn.Module):
     """`convs` x (conv, batch norm, ReLU), an optional residual shortcut, pooling, dropout."""
 
@@ -21,14 +34,13 @@ class ConvBlock(nn.Module):
         residual: bool,
         pool: str,
         dropout: float,
+        separable: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(convs):
-            layers.append(
-                nn.Conv2d(cin if i == 0 else cout, cout, kernel_size, padding=kernel_size // 2,
-                          bias=not batch_norm)
-            )  # fmt: skip
+            cin_i = cin if i == 0 else cout
+            layers.append(conv(cin_i, cout, kernel_size, not batch_norm, separable))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(cout))
             # With a residual shortcut the last ReLU comes after the addition.
@@ -56,6 +68,8 @@ class ConvNet(nn.Module):
 
     `dropout` and `pool` take one value for every block or a list with one per block.
     `fc` lists the hidden FC sizes of the head; an empty list goes straight to the classes.
+    `separable` makes every convolution with more than one input channel depthwise
+    separable, which buys width and depth for few parameters.
     Raises ValueError when the blocks pool the image below 1 x 1.
     """
 
@@ -71,6 +85,7 @@ class ConvNet(nn.Module):
         head: str = "flatten",
         fc: Sequence[int] = (128,),
         fc_dropout: float = 0.0,
+        separable: bool = False,
         in_channels: int = 1,
         image_size: int = 28,
         num_classes: int = 10,
@@ -99,7 +114,17 @@ class ConvNet(nn.Module):
         cin = in_channels
         for cout, drop, p in zip(filters, dropouts, pools, strict=True):
             blocks.append(
-                ConvBlock(cin, cout, kernel_size, convs_per_block, batch_norm, residual, p, drop)
+                ConvBlock(
+                    cin,
+                    cout,
+                    kernel_size,
+                    convs_per_block,
+                    batch_norm,
+                    residual,
+                    p,
+                    drop,
+                    separable,
+                )
             )
             cin = cout
         self.features = nn.Sequential(*blocks)

@@ -1,0 +1,208 @@
+"""`python -m fmnist_lab.export`: a sweep's finalist as an experiment file, so that
+`python -m fmnist_lab.train experiment=<name>` trains exactly that model with that recipe.
+
+    python -m fmnist_lab.export --study min_params_94 best_50k=50000 best_500k=500000
+
+For each NAME=MAX_PARAMS the finalist with the highest validation accuracy (its trial's:
+selection never looks at the test set) among those with at most MAX_PARAMS parameters is
+written to `conf/experiment/NAME.yaml`: the config groups it builds on and every setting in
+which the finalist's training config differs from them, less what belongs to a machine (data
+folders, threads, the tracking store) and the seed. Its `reference:` block holds the
+finalist's measured test accuracy, so `python -m fmnist_lab.reproduce NAME --seeds 3` trains
+the seeds again and prints them next to the recorded figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlflow
+import yaml
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_lab import report
+from fmnist_lab.errors import UserError, exit_cleanly
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "trainer")
+# Settings of the machine or of one run, not of the recipe.
+MACHINE_KEYS = ("seed", "tracking", "data.root", "data.cache_dir", "trainer.threads",
+                "trainer.progress_bar")  # fmt: skip
+
+
+def finalists(client: MlflowClient, study: str) -> list[Run]:
+    """The study's finished finalist runs (newest parent run of that name)."""
+    parent = report.study_parent(client, study)
+    return [
+        run
+        for run in report.study_runs(client, parent)
+        if run.data.tags.get("role") == "finalist"
+        and run.info.status == "FINISHED"
+        and "test_accs" in run.data.tags
+    ]
+
+
+def pick(runs: Sequence[Run], max_params: int) -> Run | None:
+    """Within the budget, the finalist most accurate on validation (fewer parameters on a tie)."""
+    within = [r for r in runs if r.data.metrics["params"] <= max_params]
+    if not within:
+        return None
+    return max(within, key=lambda r: (r.data.metrics["val_acc"], -r.data.metrics["params"]))
+
+
+def finalist_config(client: MlflowClient, run: Run) -> DictConfig:
+    """The training config the finalist's seeds ran with (its `config.yaml` artifact)."""
+    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
+    return OmegaConf.create(text)
+
+
+def _compose(overrides: Sequence[str]) -> dict:
+    """conf/train.yaml with these overrides, less the machine's settings."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    return _drop_machine_keys(OmegaConf.to_container(cfg, resolve=True))
+
+
+def _drop_machine_keys(config: dict) -> dict:
+    config = json.loads(json.dumps(config))  # a deep copy
+    for dotted in MACHINE_KEYS:
+        *path, last = dotted.split(".")
+        node = config
+        for key in path:
+            node = node.get(key, {})
+        node.pop(last, None)
+    return config
+
+
+def group_choices(config: dict) -> dict[str, str]:
+    """Per config group, the option the finalist's settings build on: same `_target_` (and
+    `name`), same keys, and the most settings in common."""
+    choices = {}
+    for group in GROUPS:
+        node = config[group]
+        best, best_score = None, -1
+        for path in sorted((CONF / group).glob("*.yaml")):
+            option = _compose([f"{group}={path.stem}"])[group]
+            if option.keys() != node.keys() or any(
+                option.get(k) != node.get(k) for k in ("_target_", "name")
+            ):
+                continue
+            score = sum(option[k] == node[k] for k in node)
+            if score > best_score:
+                best, best_score = path.stem, score
+        if best is None:
+            raise UserError(f"no option in conf/{group}/ matches the finalist's {group} settings")
+        choices[group] = best
+    return choices
+
+
+def difference(config: dict, base: dict) -> dict:
+    """The settings of `config` that `base` lacks or holds with another value, nested."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            sub = difference(value, base[key])
+            if sub:
+                out[key] = sub
+        elif key not in base or base[key] != value:
+            out[key] = value
+    return out
+
+
+def experiment_text(name: str, budget: int, config: dict, run: Run, study: str) -> str:
+    """The experiment file of one finalist."""
+    config = _drop_machine_keys(config)
+    choices = group_choices(config)
+    base = _compose([f"{g}={c}" for g, c in choices.items()])
+    body = difference(config, base)
+    accs = json.loads(run.data.tags["test_accs"])
+    params = int(run.data.metrics["params"])
+    mean = statistics.fmean(accs)
+    spread = f" +/- {statistics.stdev(accs):.2%}" if len(accs) > 1 else ""
+    trial = run.data.tags.get("optuna.trial", "?")
+    body["reference"] = {
+        "label": f"{name} (study {study}, trial {trial})",
+        "params": params,
+        "test_acc": round(mean, 6),
+    }
+    header = [
+        "# @package _global_",
+        f"# {name}: finalist of trial {trial} of the study '{study}' (MLflow run "
+        f"{run.info.run_id}),",
+        f"# the most accurate on validation ({run.data.metrics['val_acc']:.2%}) of the "
+        f"finalists with at most {budget:,} parameters.",
+        f"# Measured: {params:,} parameters, test accuracy {mean:.2%}{spread} over "
+        f"{len(accs)} seeds.",
+        "# Written by `python -m fmnist_lab.export`; trains with `python -m fmnist_lab.train "
+        f"experiment={name}`.",
+        "defaults:",
+        *(f"  - override /{group}: {choice}" for group, choice in choices.items()),
+        "",
+    ]
+    return "\n".join(header) + yaml.safe_dump(body, sort_keys=False, default_flow_style=None)
+
+
+def parse_budget(item: str) -> tuple[str, int]:
+    name, _, value = item.partition("=")
+    try:
+        budget = int(float(value))
+    except ValueError:
+        budget = 0
+    if not name.isidentifier() or budget < 1:
+        raise UserError(f"'{item}' is not NAME=MAX_PARAMS, e.g. best_50k=50000")
+    return name, budget
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m fmnist_lab.export",
+        description="Write a study's finalists as conf/experiment/NAME.yaml, one per budget.",
+    )
+    parser.add_argument("budgets", nargs="+", metavar="NAME=MAX_PARAMS")
+    parser.add_argument("--study", required=True, help="the sweep's study name")
+    parser.add_argument("--tracking-uri", help="else $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    parser.add_argument("--out", type=Path, default=CONF / "experiment",
+                        help="folder of the files (default: conf/experiment)")  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="replace existing files")
+    return parser.parse_args(argv)
+
+
+@exit_cleanly
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    budgets = [parse_budget(item) for item in args.budgets]
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    client = MlflowClient()
+    runs = finalists(client, args.study)
+    if not runs:
+        raise UserError(f"study '{args.study}' has no finished finalists yet")
+    texts = {}
+    for name, budget in budgets:
+        path = args.out / f"{name}.yaml"
+        if path.exists() and not args.force:
+            raise UserError(f"{path} exists; --force replaces it")
+        run = pick(runs, budget)
+        if run is None:
+            smallest = min(int(r.data.metrics["params"]) for r in runs)
+            raise UserError(f"no finalist of '{args.study}' has at most {budget:,} parameters "
+                            f"(the smallest has {smallest:,})")  # fmt: skip
+        texts[path] = experiment_text(name, budget, OmegaConf.to_container(
+            finalist_config(client, run), resolve=True), run, args.study)  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, text in texts.items():  # written only once every budget has its finalist
+        path.write_text(text)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
