@@ -1,7 +1,8 @@
 """`python -m fmnist_lab.reproduce`: the reference recipes, several seeds each, next to the
 figures their sources reported.
 
-Each `conf/experiment/r*.yaml` with a `reference:` block is one row. Every (recipe, seed) is
+Each `conf/experiment/*.yaml` with a `reference:` block is one row (the references, and the
+frontier winners that `python -m fmnist_lab.export` writes). Every (recipe, seed) is
 one ordinary training run, tagged `reproduce=<recipe>`, in the MLflow experiment
 `references`; running the command again trains only the seeds not yet recorded, then prints
 the table from what MLflow holds:

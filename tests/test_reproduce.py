@@ -29,7 +29,7 @@ def runs(uri: str) -> list:
 
 
 def test_every_reference_of_the_issue_has_a_recipe_with_its_reported_figures():
-    found = recipes()
+    found = {name: cfg for name, cfg in recipes().items() if not name.startswith("best_")}
     assert set(found) == {"r1_mlp", "r2_mlp", "r3_cnn", "r5_conv2dnet", "r5_inception_cnn",
                           "r5_conv2dsimple", "r5_conv2dsimple2", "r5_conv2dsimple3"}  # fmt: skip
     reported = {name: cfg.reference for name, cfg in found.items()}
