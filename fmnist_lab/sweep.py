@@ -330,6 +330,7 @@ def check_trial_configs(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 variant = list(sample)
                 variant[i] = f"{key}={search_space.override_value(choice)}"
                 variants.append(variant)
+    variants += [entry.split(" ") for entry in warm_start_entries(cfg.sweep)]
     for variant in variants:
         try:
             trial_cfg = ctx.trial_config(variant)
@@ -338,6 +339,29 @@ def check_trial_configs(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 f"a trial's config cannot be composed with {variant}: {hydra_message(err)}"
             ) from None
         scaled_lr(trial_cfg)  # a bad lr_scaling stops here too
+
+
+def warm_start_entries(spec: DictConfig) -> list[str]:
+    """The sweep file's `warm_start` configurations, each as one space-separated string."""
+    entries = []
+    for entry in spec.get("warm_start") or []:
+        if isinstance(entry, str) or not all(isinstance(o, str) and "=" in o for o in entry):
+            raise UserError(f"sweep.warm_start: each entry must be a list of KEY=VALUE "
+                            f"overrides, not {entry}")  # fmt: skip
+        if any(" " in o for o in entry):
+            raise UserError(f"sweep.warm_start: '{entry}' has an override with a space")
+        entries.append(" ".join(entry))
+    return entries
+
+
+def enqueue_warm_start(study: optuna.Study, entries: Sequence[str]) -> None:
+    """Queue each warm-start configuration once per study: it is trained first, with the
+    trial budget like any trial, and can become a finalist by the same validation rule.
+    The sampler learns nothing from it (it has no sampled parameters)."""
+    queued = {t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False)}
+    for entry in entries:
+        if entry not in queued:
+            study.enqueue_trial({}, user_attrs={"warm_start": entry})
 
 
 def training_config(cfg: DictConfig) -> DictConfig:
@@ -372,8 +396,11 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     """Train one trial and tell the study how it ended (COMPLETE, PRUNED or FAIL)."""
     spec = ctx.spec
     reference = trial.user_attrs.get("reference")
+    warm_start = trial.user_attrs.get("warm_start")
     if reference:
         overrides = [f"model={reference}"]
+    elif warm_start:
+        overrides = warm_start.split(" ")
     else:
         overrides = search_space.suggest(trial, search_space.flatten(spec.space))
     trial.set_user_attr("overrides", overrides)
@@ -661,6 +688,7 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
         if cfg.enqueue_references and not study.trials:
             for ref in REFERENCES:
                 study.enqueue_trial({}, user_attrs={"reference": ref})
+        enqueue_warm_start(study, warm_start_entries(spec))
         parent = open_parent_run(cfg, study)
     parent_id = parent.info.run_id
     finalists: list[Finalist] | None = None

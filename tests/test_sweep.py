@@ -104,6 +104,8 @@ def test_unknown_sampler_is_a_user_error():
          "a trial's config cannot be composed with"),
         ("lr_scaling.rule=cubic", "lr_scaling.rule must be one of none, linear, sqrt"),
         ("sweep.finalists.select=budgets", "finalists.select=budgets needs finalists.budgets"),
+        ("+sweep.warm_start=[['augmentation=nope']]", "a trial's config cannot be composed with"),
+        ("+sweep.warm_start=['model.fc=[]']", "sweep.warm_start: each entry must be a list"),
     ],
 )  # fmt: skip
 def test_bad_sweep_entry_stops_before_any_trial(sweep_env, override, message):
@@ -252,6 +254,31 @@ def test_single_objective_sweep_prunes_weak_trials(sweep_env):
             assert epochs < 3 and run.data.tags["optuna.state"] == "PRUNED"
         else:
             assert t.state == TrialState.COMPLETE and epochs == 3
+
+
+def test_warm_start_configurations_run_first_and_once(sweep_env):
+    tmp_path, uri, args = sweep_env
+    warm = [["model.filters=[8,16]", "model.fc=[]", "augmentation=flip"], ["model.filters=[12]"]]
+    listed = ",".join("[" + ",".join(f"'{o}'" for o in entry) + "]" for entry in warm)
+    sweep = ["sweep=quick", *args, f"+sweep.warm_start=[{listed}]", "sweep.budget.epochs=1",
+             "sweep.finalists.seeds=0", "sweep.log_models=false"]  # fmt: skip
+    result = run_cli("fmnist_lab.sweep", *sweep, "sweep.budget.n_trials=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load(tmp_path, "quick").get_trials()
+    assert [t.user_attrs["overrides"] for t in trials[:2]] == warm
+    assert not trials[0].params and trials[2].params  # the third was sampled
+    client = MlflowClient(uri)
+    run = client.get_run(trials[0].user_attrs["mlflow_run_id"])
+    assert run.data.params["model.filters"] == "[8, 16]"
+    assert run.data.params["augmentation.flip"] == "True"
+    assert trials[0].state == TrialState.COMPLETE and trials[0].user_attrs["val_acc"] > 0.1
+
+    # Resumed with a larger budget: the warm start is not queued again.
+    result = run_cli("fmnist_lab.sweep", *sweep, "sweep.budget.n_trials=4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load(tmp_path, "quick").get_trials()
+    assert len(trials) == 4
+    assert sum("warm_start" in t.user_attrs for t in trials) == 2
 
 
 def start_sweep(tmp_path: Path, args: list[str]) -> subprocess.Popen:
