@@ -144,13 +144,13 @@ def recorded(client: MlflowClient, recipe: str, dataset: str, overrides: Sequenc
 
 
 def reproduce(recipe: str, seeds: int, data: str | None, overrides: Sequence[str],
-              uri: str | None) -> None:  # fmt: skip
-    """Train the seeds 0..seeds-1 of `recipe` that are not recorded yet."""
+              uri: str | None, only: Sequence[int] = ()) -> None:  # fmt: skip
+    """Train the seeds 0..seeds-1 of `recipe` (or just those in `only`) not recorded yet."""
     from fmnist_lab.train import train  # torch and Lightning only when training
 
     dataset = run_config(recipe, 0, data, overrides, uri).data.name
     done = recorded(MlflowClient(), recipe, dataset, overrides, seeds)
-    for seed in range(seeds):
+    for seed in only or range(seeds):
         if seed in done:
             print(f"{recipe} seed {seed}: already recorded")
             continue
@@ -246,6 +246,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="Hydra overrides for every run (marked in the table)")  # fmt: skip
     parser.add_argument("--tracking-uri", default=None,
                         help="else $MLFLOW_TRACKING_URI, else ./mlflow.db")  # fmt: skip
+    parser.add_argument("--only-seeds", type=int, nargs="+", default=[], metavar="S",
+                        help="train just these seeds (one process per core or GPU)")  # fmt: skip
     parser.add_argument("--table-only", action="store_true", help="train nothing")
     parser.add_argument("--format", default="table", choices=["table", "markdown"])
     return parser.parse_args(argv)
@@ -261,13 +263,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError(f"no reference recipe {', '.join(unknown)}; known: {', '.join(known)}")
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds} must be at least 1")
+    outside = [s for s in args.only_seeds if not 0 <= s < args.seeds]
+    if outside:
+        raise UserError(f"--only-seeds {' '.join(map(str, outside))}: not among the seeds "
+                        f"0..{args.seeds - 1} of --seeds {args.seeds}")  # fmt: skip
     check_overrides(args.set)
     for name in args.recipes or known:  # a bad override stops before anything is trained
         check_recipe(name, args.data, args.set)
     tracking.configure(args.tracking_uri, EXPERIMENT)
     if not args.table_only:
         for name in args.recipes or known:
-            reproduce(name, args.seeds, args.data, args.set, args.tracking_uri)
+            reproduce(name, args.seeds, args.data, args.set, args.tracking_uri,
+                      sorted(set(args.only_seeds)))  # fmt: skip
     rows = table_rows(known, args.recipes, args.seeds, args.data, args.set)
     print(render(rows, args.format))
     print(f"MLflow: {mlflow.get_tracking_uri()} (experiment '{EXPERIMENT}')")

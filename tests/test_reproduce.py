@@ -9,6 +9,7 @@ import statistics
 import pytest
 from mlflow import MlflowClient
 
+from fmnist_lab.models import build_model, count_params
 from fmnist_lab.reproduce import main, recipes
 
 from .conftest import run_cli
@@ -38,10 +39,23 @@ def test_every_reference_of_the_issue_has_a_recipe_with_its_reported_figures():
     assert reported["r5_inception_cnn"].test_acc is None and reported["r5_inception_cnn"].val_acc
 
 
+def test_the_frontier_winners_build_the_model_they_claim_within_their_budget():
+    winners = {name: cfg for name, cfg in recipes().items() if name.startswith("best_")}
+    assert {"best_50k", "best_10k_mnist"} <= set(winners)
+    for name, cfg in winners.items():
+        budget = int(re.match(r"best_(\d+)k", name).group(1)) * 1000
+        params = count_params(build_model(cfg.model))
+        assert params == cfg.reference.params <= budget, name
+        assert 0 < cfg.reference.test_acc < 1, name
+    assert winners["best_10k_mnist"].data.name == "mnist"
+    assert winners["best_50k"].data.name == "fashion_mnist"
+
+
 def test_seeds_are_trained_once_and_tabled_next_to_the_reported_figure(tmp_path, env):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = run_cli("fmnist_lab.reproduce", "r2_mlp", "--seeds", "2", "--tracking-uri", uri,
-                    *SHORT, cwd=tmp_path, env=env)  # fmt: skip
+    # Seeds 0 and 1 of three (as one of several processes would: --only-seeds).
+    first = run_cli("fmnist_lab.reproduce", "r2_mlp", "--seeds", "3", "--only-seeds", "1", "0",
+                    "--tracking-uri", uri, *SHORT, cwd=tmp_path, env=env)  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
     assert re.search(r"^r2_mlp seed 0: test accuracy 0\.\d{4}", first.stdout, re.M)
     assert re.search(r"^r2_mlp seed 1: test accuracy 0\.\d{4}", first.stdout, re.M)
@@ -51,7 +65,7 @@ def test_seeds_are_trained_once_and_tabled_next_to_the_reported_figure(tmp_path,
     assert {r.data.tags["reproduce"] for r in recorded} == {"r2_mlp"}
     assert all(r.info.status == "FINISHED" for r in recorded)
 
-    # Again with a third seed: only that one is trained.
+    # Again for all three seeds: only the third is trained.
     again = run_cli("fmnist_lab.reproduce", "r2_mlp", "--seeds", "3", "--tracking-uri", uri,
                     "--format", "markdown", *SHORT, cwd=tmp_path, env=env)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
@@ -85,6 +99,7 @@ def test_seeds_are_trained_once_and_tabled_next_to_the_reported_figure(tmp_path,
         (["r2_mlp", "--set", "trainer.max_epoch=1"],
          "cannot compose experiment=r2_mlp: Could not override 'trainer.max_epoch'"),
         (["r2_mlp", "--seeds", "0"], "--seeds 0 must be at least 1"),
+        (["r2_mlp", "--only-seeds", "3"], "--only-seeds 3: not among the seeds 0..2 of --seeds 3"),
         (["r2_mlp", "--set", "seed=7"], "this command sets seed itself; use --seeds instead"),
         (["--set", "data=mnist", "r2_mlp"], "use --data instead"),
         (["--set", "trainer.max_epochs=1", "r2_mlp"], "'r2_mlp' is not one"),
