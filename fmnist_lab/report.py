@@ -313,7 +313,7 @@ def plot_frontier(rows: list[Row], dataset: str, target: float, title: str) -> p
                 xytext=(4, 4 if i % 2 == 0 else -10),
                 textcoords="offset points",
             )
-    ax.axhline(100 * target, ls="--", c="k", lw=1, label=f"target {100 * target:.0f} %")
+    ax.axhline(100 * target, ls="--", c="k", lw=1, label=f"target {100 * target:g} %")
     ax.set_xscale("log")
     lows = [100 * r.val_acc for r in val] + [100 * r.test_acc_mean for r in tested]
     lows += [100 * x["test_acc"] for x in placed] + [100 * target]
@@ -394,7 +394,7 @@ def frontier_html(rows: list[Row], dataset: str, target: float, title: str) -> g
         hovertemplate=hover,
         marker={"symbol": "star", "size": 11, "color": "green"},
     )
-    fig.add_hline(y=100 * target, line_dash="dash", annotation_text=f"target {100 * target:.0f} %")
+    fig.add_hline(y=100 * target, line_dash="dash", annotation_text=f"target {100 * target:g} %")
     for x in refs:
         if not x["params"]:
             fig.add_hline(
