@@ -95,7 +95,7 @@ def test_seeds_are_trained_once_and_tabled_next_to_the_reported_figure(tmp_path,
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["r9_nope"], "no reference recipe r9_nope; known: r1_mlp, r2_mlp"),
+        (["r9_nope"], "no reference recipe r9_nope; known: best_10k_mnist, best_50k, r1_mlp"),
         (["r2_mlp", "--set", "trainer.max_epoch=1"],
          "cannot compose experiment=r2_mlp: Could not override 'trainer.max_epoch'"),
         (["r2_mlp", "--seeds", "0"], "--seeds 0 must be at least 1"),
