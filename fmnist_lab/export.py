@@ -15,6 +15,7 @@ the seeds again and prints them next to the recorded figure.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -58,7 +59,7 @@ def pick(runs: Sequence[Run], max_params: int) -> Run | None:
     return max(within, key=lambda r: (r.data.metrics["val_acc"], -r.data.metrics["params"]))
 
 
-def finalist_config(client: MlflowClient, run: Run) -> DictConfig:
+def finalist_config(run: Run) -> DictConfig:
     """The training config the finalist's seeds ran with (its `config.yaml` artifact)."""
     text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
     return OmegaConf.create(text)
@@ -72,7 +73,7 @@ def _compose(overrides: Sequence[str]) -> dict:
 
 
 def _drop_machine_keys(config: dict) -> dict:
-    config = json.loads(json.dumps(config))  # a deep copy
+    config = copy.deepcopy(config)
     for dotted in MACHINE_KEYS:
         *path, last = dotted.split(".")
         node = config
@@ -197,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise UserError(f"no finalist of '{args.study}' has at most {budget:,} parameters "
                             f"(the smallest has {smallest:,})")  # fmt: skip
         texts[path] = experiment_text(name, budget, OmegaConf.to_container(
-            finalist_config(client, run), resolve=True), run, args.study)  # fmt: skip
+            finalist_config(run), resolve=True), run, args.study)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     for path, text in texts.items():  # written only once every budget has its finalist
         path.write_text(text)
