@@ -51,12 +51,24 @@ def finalists(client: MlflowClient, study: str) -> list[Run]:
     ]
 
 
+def selection_val(run: Run) -> float:
+    """The validation accuracy a finalist was chosen by: after the sweep's rerank at the
+    finalists' training length where there was one, else the search's."""
+    metrics = run.data.metrics
+    return metrics.get("rerank_val_acc", metrics["val_acc"])
+
+
 def pick(runs: Sequence[Run], max_params: int) -> Run | None:
-    """Within the budget, the finalist most accurate on validation (fewer parameters on a tie)."""
+    """Within the budget, the finalist most accurate on validation (fewer parameters on a
+    tie); finalists scored after a rerank come before those scored by the search alone."""
     within = [r for r in runs if r.data.metrics["params"] <= max_params]
     if not within:
         return None
-    return max(within, key=lambda r: (r.data.metrics["val_acc"], -r.data.metrics["params"]))
+    return max(
+        within,
+        key=lambda r: ("rerank_val_acc" in r.data.metrics, selection_val(r),
+                       -r.data.metrics["params"]),
+    )  # fmt: skip
 
 
 def finalist_config(run: Run) -> DictConfig:
@@ -138,7 +150,7 @@ def experiment_text(name: str, budget: int, config: dict, run: Run, study: str) 
         "# @package _global_",
         f"# {name}: finalist of trial {trial} of the study '{study}' (MLflow run "
         f"{run.info.run_id}),",
-        f"# the most accurate on validation ({run.data.metrics['val_acc']:.2%}) of the "
+        f"# the most accurate on validation ({selection_val(run):.2%}) of the "
         f"finalists with at most {budget:,} parameters.",
         f"# Measured: {params:,} parameters, test accuracy {mean:.2%}{spread} over "
         f"{len(accs)} seeds.",

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -642,6 +642,12 @@ class Finalist:
     test_accs: list[float]
     run_id: str
     model_uri: str | None = None  # seed 0's model, the one the registry takes
+    rerank_val_acc: float | None = None  # validation accuracy at the finalists' length
+
+    @property
+    def selection_val(self) -> float:
+        """The validation accuracy it was chosen by (after reranking, where there was one)."""
+        return self.val_acc if self.rerank_val_acc is None else self.rerank_val_acc
 
     @property
     def mean(self) -> float:
@@ -911,24 +917,43 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
 FINALIST_RULES = ("pareto", "top_k", "budgets")
 
 
-def select_finalists(study: optuna.Study, spec: DictConfig) -> list[FrozenTrial]:
-    """Chosen on validation results only. `pareto` / `top_k`: at most `top_k`; of a
-    multi-objective study the Pareto set (or every trial), most accurate first; of a
-    single-objective one, the best by its objective. `budgets`: the frontier, for each
-    parameter budget in `finalists.budgets` the most accurate trial within it (each once)."""
-    policy, floor = spec.finalists, spec.constraints.min_val_acc
-    complete = [
+def _complete(study: optuna.Study, spec: DictConfig) -> list[FrozenTrial]:
+    """The study's COMPLETE trials that meet `constraints.min_val_acc`."""
+    floor = spec.constraints.min_val_acc
+    return [
         t for t in study.get_trials(states=(TrialState.COMPLETE,))
         if floor is None or t.user_attrs["val_acc"] >= floor
     ]  # fmt: skip
+
+
+def budget_ranking(trials: Sequence[FrozenTrial], budget: int) -> list[FrozenTrial]:
+    """The trials within `budget` parameters, most accurate on validation first (fewer
+    parameters first on a tie)."""
+    within = [t for t in trials if t.user_attrs["params"] <= budget]
+    return sorted(within, key=lambda t: (-t.user_attrs["val_acc"], t.user_attrs["params"]))
+
+
+def select_finalists(
+    study: optuna.Study, spec: DictConfig, longer: Mapping[int, float] | None = None
+) -> list[FrozenTrial]:
+    """Chosen on validation results only. `pareto` / `top_k`: at most `top_k`; of a
+    multi-objective study the Pareto set (or every trial), most accurate first; of a
+    single-objective one, the best by its objective. `budgets`: the frontier, for each
+    parameter budget in `finalists.budgets` the most accurate trial within it (each once);
+    given `longer` (`finalists.rerank: k`), the most accurate of the budget's k best trials
+    by `longer`, their validation accuracy after the finalists' training length (`rerank`)."""
+    policy = spec.finalists
+    complete = _complete(study, spec)
     check_finalist_rule(policy)
     if policy.select == "budgets":
         chosen: dict[int, FrozenTrial] = {}
         for budget in sorted(policy.budgets):
-            within = [t for t in complete if t.user_attrs["params"] <= budget]
-            if within:
-                best = max(within, key=lambda t: (t.user_attrs["val_acc"], -t.user_attrs["params"]))
-                chosen[best.number] = best
+            ranked = budget_ranking(complete, budget)
+            if ranked and policy.rerank and longer is not None:
+                pool = ranked[: policy.rerank]
+                ranked = [max(pool, key=lambda t: (longer[t.number], -t.user_attrs["params"]))]
+            if ranked:
+                chosen[ranked[0].number] = ranked[0]
         return sorted(chosen.values(), key=lambda t: t.user_attrs["params"])
     if len(study.directions) > 1:
         pool = pareto_trials(study) if policy.select == "pareto" else complete
@@ -953,18 +978,69 @@ def check_finalist_rule(policy: DictConfig) -> None:
         raise UserError(
             "finalists.select=budgets needs finalists.budgets: a list of parameter counts"
         )
+    rerank = policy.rerank
+    if not isinstance(rerank, int) or isinstance(rerank, bool) or rerank < 0:
+        raise UserError(f"finalists.rerank={rerank} must be a whole number of trials, 0 for none")
+    if rerank and policy.select != "budgets":
+        raise UserError(
+            f"finalists.rerank needs finalists.select=budgets (or finalists.rerank=0 with "
+            f"select={policy.select})"
+        )
+    epochs = policy.rerank_epochs
+    if rerank and epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise UserError(f"finalists.rerank_epochs={epochs} must be a positive whole number")
+
+
+def rerank(ctx: WorkerContext, study: optuna.Study) -> dict[int, float]:
+    """`finalists.rerank: k`: the k trials per budget that the search ranked best, each
+    trained again (seed 0) for the finalists' length on all training images less the
+    validation split, and scored on that split: short trials rank how fast a model learns,
+    not where it ends. No test set is involved. Results are kept in the study's user
+    attributes, so a resumed or second process does not train them again."""
+    policy = ctx.spec.finalists
+    epochs = policy.rerank_epochs or policy.epochs
+    complete = _complete(study, ctx.spec)
+    pool: dict[int, FrozenTrial] = {}
+    for budget in sorted(policy.budgets):
+        pool.update((t.number, t) for t in budget_ranking(complete, budget)[: policy.rerank])
+    known = study.user_attrs
+    scores = {}
+    if pool:
+        print(f"rerank: {len(pool)} trials ({policy.rerank} best per budget), {epochs} epochs "
+              f"on the training images, scored on the validation split")  # fmt: skip
+    for number, t in sorted(pool.items(), key=lambda item: item[1].user_attrs["params"]):
+        key = f"rerank:{epochs}ep:t{number}"
+        if key not in known:
+            extra = ["data.train_fraction=1.0", f"trainer.max_epochs={epochs}", "test=false",
+                     "log_model=false", "trainer.progress_bar=false", "seed=0"]  # fmt: skip
+            cfg_t = ctx.trial_config(t.user_attrs["overrides"], *extra)
+            tags = {"role": "rerank", "optuna.study": study.study_name,
+                    "optuna.trial": str(number), "recipe": f"seed 0 x {epochs} epochs"}  # fmt: skip
+            splits = ctx.splits_for(cfg_t.data)
+            result = train(cfg_t, parent_run_id=ctx.parent_run_id, tags=tags, splits=splits,
+                           name_prefix=f"rerank-t{number}-")  # fmt: skip
+            study.set_user_attr(key, result.metrics["val_acc"])
+            known = study.user_attrs
+        scores[number] = known[key]
+        print(f"  trial {number} ({t.user_attrs['params']:,} params): val_acc "
+              f"{t.user_attrs['val_acc']:.4f} in the search, {scores[number]:.4f} after {epochs} "
+              f"epochs")  # fmt: skip
+    return scores
 
 
 def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str):
     """Retrain each finalist on all training images with several seeds; test once each."""
     policy = cfg.sweep.finalists
-    chosen = select_finalists(study, cfg.sweep)
     log_study_summary(study)
-    if not chosen or policy.seeds < 1:
+    if policy.seeds < 1:
+        return []
+    ctx = WorkerContext(cfg, overrides, parent_id, mlflow.get_tracking_uri(), None)
+    longer = rerank(ctx, study) if policy.rerank else None
+    chosen = select_finalists(study, cfg.sweep, longer)
+    if not chosen:
         return []
     print(f"finalists: {len(chosen)} trials x {policy.seeds} seeds, {policy.epochs} epochs on all "
           f"training images")  # fmt: skip
-    ctx = WorkerContext(cfg, overrides, parent_id, mlflow.get_tracking_uri(), None)
     recipe = f"{policy.seeds} seeds x {policy.epochs} epochs"
     done = finished_finalists(parent_id, recipe)
     results = []
@@ -980,6 +1056,7 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
                     accs,
                     run.info.run_id,
                     run.data.tags.get("model_uri"),
+                    run.data.metrics.get("rerank_val_acc"),
                 )
             )
             continue
@@ -999,6 +1076,8 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
         with tracking.tracked_run(cfg_t, name, tags, parent_id) as run:
             tracking.log_param_count(t.user_attrs["params"])
             mlflow.log_metric("val_acc", t.user_attrs["val_acc"])
+            if longer is not None:
+                mlflow.log_metric("rerank_val_acc", longer[t.number])
             seeds = []
             for seed in range(policy.seeds):
                 seed_cfg = ctx.trial_config(t.user_attrs["overrides"], *base, f"seed={seed}")
@@ -1013,7 +1092,8 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
                 seeds.append(result)
             accs = [r.metrics["test_acc"] for r in seeds]
             finalist = Finalist(t.number, t.user_attrs["params"], t.user_attrs["val_acc"], accs,
-                                run.info.run_id, seeds[0].model_uri)  # fmt: skip
+                                run.info.run_id, seeds[0].model_uri,
+                                None if longer is None else longer[t.number])  # fmt: skip
             mlflow.log_metrics({
                 "test_acc_mean": finalist.mean,
                 "test_acc_std": finalist.std,
@@ -1055,12 +1135,12 @@ def register_best(cfg: DictConfig, finalists: list[Finalist], parent_id: str) ->
         within = "" if limit is None else f" within {limit:,} parameters"
         print(f"registry: no finalist with a logged model{within}; {reg.name} unchanged")
         return
-    score = (lambda f: f.mean) if reg.select_by == "test_acc_mean" else (lambda f: f.val_acc)
+    score = (lambda f: f.mean) if reg.select_by == "test_acc_mean" else (lambda f: f.selection_val)
     best = max(eligible, key=score)
     if MlflowClient().get_run(parent_id).data.tags.get("registry.finalist_run") == best.run_id:
         return  # a resumed sweep registered this finalist already
     tags = {"params": str(best.params), "test_acc_mean": f"{best.mean:.6f}",
-            "test_acc_std": f"{best.std:.6f}", "val_acc": f"{best.val_acc:.6f}",
+            "test_acc_std": f"{best.std:.6f}", "val_acc": f"{best.selection_val:.6f}",
             "dataset": cfg.data.name, "optuna.study": cfg.study_name,
             "optuna.trial": str(best.trial), "finalist_run": best.run_id}  # fmt: skip
     try:
@@ -1118,10 +1198,15 @@ def print_finalists(finalists: list[Finalist], policy: DictConfig) -> None:
         return
     target = policy.target_acc
     smallest = next((f for f in finalists if f.mean >= target), None)
-    print(f"\n{'trial':>5}  {'params':>10}  {'val_acc':>8}  {'test_acc (mean +/- std)':>24}")
+    reranked = any(f.rerank_val_acc is not None for f in finalists)
+    longer = f"  {'reranked':>8}" if reranked else ""
+    print(
+        f"\n{'trial':>5}  {'params':>10}  {'val_acc':>8}{longer}  {'test_acc (mean +/- std)':>24}"
+    )
     for f in finalists:
         mark = f"  <- smallest at >= {target:.1%}" if f is smallest else ""
-        print(f"{f.trial:>5}  {f.params:>10,}  {f.val_acc:>8.4f}  "
+        longer = f"  {f.rerank_val_acc:>8.4f}" if reranked else ""
+        print(f"{f.trial:>5}  {f.params:>10,}  {f.val_acc:>8.4f}{longer}  "
               f"{f.mean:>15.4f} +/- {f.std:.4f}{mark}")  # fmt: skip
     if smallest is None:
         print(f"no finalist reaches {target:.1%} mean test accuracy")

@@ -334,3 +334,19 @@ def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(s
     result = run_cli("fmnist_lab.export", "--study", "nope", "--tracking-uri", uri, "x=1",
                      cwd=study_dir)  # fmt: skip
     assert result.returncode == 2 and "no study 'nope'" in result.stderr
+
+
+def test_export_picks_a_reranked_finalist_by_its_longer_validation(tmp_path):
+    """After `finalists.rerank`, finalists are compared by the validation accuracy of the
+    longer training, not by the short trial's."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("picks")
+    for params, val, longer in [(30_000, 0.87, 0.91), (45_000, 0.86, 0.94), (90_000, 0.88, 0.93)]:
+        run = client.create_run(experiment)
+        for key, value in (("params", params), ("val_acc", val), ("rerank_val_acc", longer)):
+            client.log_metric(run.info.run_id, key, value)
+    runs = client.search_runs([experiment])
+    assert export.pick(runs, 50_000).data.metrics["params"] == 45_000
+    assert export.pick(runs, 100_000).data.metrics["params"] == 45_000
+    assert export.pick(runs, 40_000).data.metrics["params"] == 30_000
+    assert export.pick(runs, 20_000) is None

@@ -106,6 +106,8 @@ def test_unknown_sampler_is_a_user_error():
         ("sweep.finalists.select=budgets", "finalists.select=budgets needs finalists.budgets"),
         ("+sweep.warm_start=[['augmentation=nope']]", "a trial's config cannot be composed with"),
         ("+sweep.warm_start=['model.fc=[]']", "sweep.warm_start: each entry must be a list"),
+        ("sweep.finalists.rerank=2", "finalists.rerank needs finalists.select=budgets"),
+        ("sweep.finalists.rerank=-1", "finalists.rerank=-1 must be a whole number of trials"),
     ],
 )  # fmt: skip
 def test_bad_sweep_entry_stops_before_any_trial(sweep_env, override, message):
@@ -140,9 +142,27 @@ def test_budget_finalists_are_the_frontier_chosen_on_validation():
     assert [t.user_attrs["params"] for t in chosen] == [8_000, 30_000, 60_000]
     # The Pareto rule takes the most accurate Pareto-optimal trials instead: the big ones.
     pareto = compose_sweep("sweep=min_params_94", "sweep.finalists.select=pareto",
-                           "sweep.finalists.top_k=2")  # fmt: skip
+                           "sweep.finalists.top_k=2", "sweep.finalists.rerank=0")  # fmt: skip
     assert [t.user_attrs["params"] for t in select_finalists(study, pareto.sweep)] == [
         200_000, 60_000,
+    ]  # fmt: skip
+
+
+def test_rerank_chooses_each_budget_by_the_longer_training():
+    study = finished_study([(8_000, 0.90), (9_000, 0.89), (30_000, 0.93), (45_000, 0.925),
+                            (48_000, 0.91)])  # fmt: skip
+    cfg = compose_sweep("sweep=min_params_94", "sweep.finalists.budgets=[10000,50000]",
+                        "sweep.finalists.rerank=2")  # fmt: skip
+    assert compose_sweep("sweep=min_params_94").sweep.finalists.rerank == 3  # the GPU route
+    # What the longer training scored (by trial number): it reverses the search's order.
+    longer = {0: 0.91, 1: 0.92, 2: 0.93, 3: 0.94, 4: 0.99}
+    chosen = select_finalists(study, cfg.sweep, longer)
+    # 10 k: of the two best (8 k, 9 k) the 9 k one; 50 k: of the two best (30 k, 45 k) the
+    # 45 k one. The 48 k trial scored best at length but was not among the budget's two best.
+    assert [t.user_attrs["params"] for t in chosen] == [9_000, 45_000]
+    # Without the longer training's scores, the search's own ranking decides.
+    assert [t.user_attrs["params"] for t in select_finalists(study, cfg.sweep)] == [
+        8_000, 30_000,
     ]  # fmt: skip
 
 
@@ -279,6 +299,49 @@ def test_warm_start_configurations_run_first_and_once(sweep_env):
     trials = load(tmp_path, "quick").get_trials()
     assert len(trials) == 4
     assert sum("warm_start" in t.user_attrs for t in trials) == 2
+
+
+def test_rerank_trains_the_best_trials_again_and_picks_on_validation(sweep_env):
+    tmp_path, uri, args = sweep_env
+    warm = [[f"model.filters={f}", "model.head=gap", "model.fc=[]"]
+            for f in ("[8]", "[8,16]", "[16,32]")]  # fmt: skip
+    listed = ",".join("[" + ",".join(f"'{o}'" for o in entry) + "]" for entry in warm)
+    sweep = ["sweep=quick", *args, f"+sweep.warm_start=[{listed}]", "sweep.budget.n_trials=3",
+             "sweep.budget.epochs=1", "sweep.finalists.select=budgets",
+             "+sweep.finalists.budgets=[1000000]", "sweep.finalists.rerank=2",
+             "sweep.finalists.rerank_epochs=1", "sweep.finalists.seeds=1",
+             "sweep.finalists.epochs=1"]  # fmt: skip
+    result = run_cli("fmnist_lab.sweep", *sweep, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rerank: 2 trials (2 best per budget), 1 epochs" in result.stdout
+
+    study = load(tmp_path, "quick")
+    trials = study.get_trials()
+    by_search = sorted(trials, key=lambda t: (-t.user_attrs["val_acc"], t.user_attrs["params"]))
+    top2 = {t.number for t in by_search[:2]}
+    scores = {int(k.rsplit("t", 1)[1]): v for k, v in study.user_attrs.items()
+              if k.startswith("rerank:1ep:")}  # fmt: skip
+    assert set(scores) == top2  # the third was not trained again
+
+    roles = runs_by_role(uri, "quick")
+    reranked = {int(r.data.tags["optuna.trial"]): r for r in roles["rerank"]}
+    assert set(reranked) == top2
+    for number, run in reranked.items():
+        # Trained on all training images less the validation split, never tested.
+        assert run.data.params["data.train_fraction"] == "1.0"
+        assert run.data.params["data.val_size"] == "1000"
+        assert run.data.metrics["val_acc"] == pytest.approx(scores[number])
+        assert "test_acc" not in run.data.metrics
+    winner = max(top2, key=lambda n: (scores[n], -trials[n].user_attrs["params"]))
+    (finalist,) = roles["finalist"]
+    assert finalist.data.tags["optuna.trial"] == str(winner)
+    assert finalist.data.metrics["rerank_val_acc"] == pytest.approx(scores[winner])
+
+    # Run again: the reranked trials and the finalist are kept, nothing trains again.
+    result = run_cli("fmnist_lab.sweep", *sweep, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    roles = runs_by_role(uri, "quick")
+    assert len(roles["rerank"]) == 2 and len(roles["finalist"]) == 1
 
 
 def start_sweep(tmp_path: Path, args: list[str]) -> subprocess.Popen:
