@@ -39,8 +39,10 @@ from fmnist_lab.sweep import open_storage  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "conf" / "report.yaml"
 FORMATS = ("table", "markdown", "csv", "json")
-# Runs that are parts of another run's result, not results of their own.
-PARTS = ("study", "finalist_seed", "cv_fold")
+# Runs that are parts of another run's result, not results of their own (a rerank run: a
+# finalist's `rerank_val_acc`, or a trial's second training; its validation accuracy is
+# at another length than the trials', so it stays off their frontier).
+PARTS = ("study", "finalist_seed", "cv_fold", "rerank")
 # Params that make two runs "the same config" across datasets: the model and its recipe.
 RECIPE = (
     "model.",
