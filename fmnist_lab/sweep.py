@@ -949,8 +949,8 @@ def select_finalists(
         chosen: dict[int, FrozenTrial] = {}
         for budget in sorted(policy.budgets):
             ranked = budget_ranking(complete, budget)
-            if ranked and policy.rerank and longer is not None:
-                pool = ranked[: policy.rerank]
+            if ranked and rerank_count(policy) and longer is not None:
+                pool = ranked[: rerank_count(policy)]
                 ranked = [max(pool, key=lambda t: (longer[t.number], -t.user_attrs["params"]))]
             if ranked:
                 chosen[ranked[0].number] = ranked[0]
@@ -966,6 +966,11 @@ def select_finalists(
     return ranked[: policy.top_k]
 
 
+def rerank_count(policy: DictConfig) -> int:
+    """`finalists.rerank`; a sweep file written before it existed reranks nothing."""
+    return policy.get("rerank", 0)
+
+
 def check_finalist_rule(policy: DictConfig) -> None:
     if policy.select not in FINALIST_RULES:
         raise UserError(
@@ -978,7 +983,7 @@ def check_finalist_rule(policy: DictConfig) -> None:
         raise UserError(
             "finalists.select=budgets needs finalists.budgets: a list of parameter counts"
         )
-    rerank = policy.rerank
+    rerank = rerank_count(policy)
     if not isinstance(rerank, int) or isinstance(rerank, bool) or rerank < 0:
         raise UserError(f"finalists.rerank={rerank} must be a whole number of trials, 0 for none")
     if rerank and policy.select != "budgets":
@@ -986,7 +991,7 @@ def check_finalist_rule(policy: DictConfig) -> None:
             f"finalists.rerank needs finalists.select=budgets (or finalists.rerank=0 with "
             f"select={policy.select})"
         )
-    epochs = policy.rerank_epochs
+    epochs = policy.get("rerank_epochs")
     if rerank and epochs is not None and (not isinstance(epochs, int) or epochs < 1):
         raise UserError(f"finalists.rerank_epochs={epochs} must be a positive whole number")
 
@@ -998,15 +1003,16 @@ def rerank(ctx: WorkerContext, study: optuna.Study) -> dict[int, float]:
     not where it ends. No test set is involved. Results are kept in the study's user
     attributes, so a resumed or second process does not train them again."""
     policy = ctx.spec.finalists
-    epochs = policy.rerank_epochs or policy.epochs
+    count = rerank_count(policy)
+    epochs = policy.get("rerank_epochs") or policy.epochs
     complete = _complete(study, ctx.spec)
     pool: dict[int, FrozenTrial] = {}
     for budget in sorted(policy.budgets):
-        pool.update((t.number, t) for t in budget_ranking(complete, budget)[: policy.rerank])
+        pool.update((t.number, t) for t in budget_ranking(complete, budget)[:count])
     known = study.user_attrs
     scores = {}
     if pool:
-        print(f"rerank: {len(pool)} trials ({policy.rerank} best per budget), {epochs} epochs "
+        print(f"rerank: {len(pool)} trials ({count} best per budget), {epochs} epochs "
               f"on the training images, scored on the validation split")  # fmt: skip
     for number, t in sorted(pool.items(), key=lambda item: item[1].user_attrs["params"]):
         key = f"rerank:{epochs}ep:t{number}"
@@ -1035,7 +1041,7 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
     if policy.seeds < 1:
         return []
     ctx = WorkerContext(cfg, overrides, parent_id, mlflow.get_tracking_uri(), None)
-    longer = rerank(ctx, study) if policy.rerank else None
+    longer = rerank(ctx, study) if rerank_count(policy) else None
     chosen = select_finalists(study, cfg.sweep, longer)
     if not chosen:
         return []
