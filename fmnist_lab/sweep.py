@@ -1016,7 +1016,9 @@ def rerank(ctx: WorkerContext, study: optuna.Study) -> dict[int, float]:
               f"on the training images, scored on the validation split")  # fmt: skip
     for number, t in sorted(pool.items(), key=lambda item: item[1].user_attrs["params"]):
         key = f"rerank:{epochs}ep:t{number}"
-        if key not in known:
+        if key in known:
+            scores[number] = known[key]
+        else:
             extra = ["data.train_fraction=1.0", f"trainer.max_epochs={epochs}", "test=false",
                      "log_model=false", "trainer.progress_bar=false", "seed=0"]  # fmt: skip
             cfg_t = ctx.trial_config(t.user_attrs["overrides"], *extra)
@@ -1025,9 +1027,8 @@ def rerank(ctx: WorkerContext, study: optuna.Study) -> dict[int, float]:
             splits = ctx.splits_for(cfg_t.data)
             result = train(cfg_t, parent_run_id=ctx.parent_run_id, tags=tags, splits=splits,
                            name_prefix=f"rerank-t{number}-")  # fmt: skip
-            study.set_user_attr(key, result.metrics["val_acc"])
-            known = study.user_attrs
-        scores[number] = known[key]
+            scores[number] = result.metrics["val_acc"]
+            study.set_user_attr(key, scores[number])
         print(f"  trial {number} ({t.user_attrs['params']:,} params): val_acc "
               f"{t.user_attrs['val_acc']:.4f} in the search, {scores[number]:.4f} after {epochs} "
               f"epochs")  # fmt: skip
