@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -24,6 +25,10 @@ class Classifier(pl.LightningModule):
     logged once per epoch: train_loss, train_acc, val_loss, val_acc, test_loss, test_acc.
     A loss that is not finite (training or validation) raises FloatingPointError.
     The logits of the last test pass stay in `test_logits`, for the evaluation plots.
+
+    With a `teacher` (knowledge distillation, Hinton et al. 2015), the training loss is
+    `(1 - alpha) * cross-entropy + alpha * T^2 * KL(teacher || student)` at temperature T on
+    the same augmented batch; validation and test losses stay plain cross-entropy.
     """
 
     def __init__(
@@ -39,6 +44,7 @@ class Classifier(pl.LightningModule):
         num_classes: int = 10,
         channels_last: bool = True,
         compile: bool = False,
+        teacher: Teacher | None = None,
     ) -> None:
         super().__init__()
         if channels_last:
@@ -53,6 +59,7 @@ class Classifier(pl.LightningModule):
         self.schedule, self.pct_start = schedule, pct_start
         self.augment = augment or BatchAugment()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.teacher = teacher  # not a submodule: never trained, saved or counted
         self.register_buffer("mean", torch.tensor(mean))
         self.register_buffer("std", torch.tensor(std))
         self.test_logits: list[torch.Tensor] = []
@@ -84,6 +91,8 @@ class Classifier(pl.LightningModule):
             x = self.augment(x)
         logits = self.net(self.normalize(x))
         loss = self.loss_fn(logits, y)
+        if stage == "train" and self.teacher is not None:
+            loss = self.teacher.blend(loss, logits, x)
         # Accumulated on the device; read once per epoch, so no host sync per step.
         # One entry per image, so that a smaller last batch weighs what it holds (with
         # nan_strategy="disable", MeanMetric ignores a `weight` argument).
@@ -92,6 +101,10 @@ class Classifier(pl.LightningModule):
         if stage == "test":
             self.test_logits.append(logits.detach())
         return loss
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -130,7 +143,7 @@ class Classifier(pl.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self):
-        optimizer = self.make_optimizer(self.parameters())
+        optimizer = self.make_optimizer(self.net.parameters())
         if self.schedule == "none":
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)
@@ -147,3 +160,35 @@ class Classifier(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+class Teacher:
+    """A trained model's soft labels for distillation: `model` maps float images in 0..1 to
+    class probabilities (a logged fmnist_lab model). It runs in fp32 without gradients and is
+    never put into training mode (its batch-norm statistics stay as trained)."""
+
+    def __init__(self, model: nn.Module, alpha: float, temperature: float) -> None:
+        self.model = model.requires_grad_(False)
+        self.alpha, self.temperature = alpha, temperature
+
+    def to(self, device: torch.device) -> Teacher:
+        self.model = self.model.to(device)
+        return self
+
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            probs = self.model(x.float())
+        return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+    def blend(self, hard_loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor):
+        """The student's loss: its cross-entropy mixed with the KL divergence from the
+        teacher's distribution at temperature T (log-probabilities are logits up to a
+        constant, so they soften the same way), scaled by T^2 to keep gradients comparable."""
+        t = self.temperature
+        soft = F.kl_div(
+            F.log_softmax(logits.float() / t, dim=1),
+            F.log_softmax(self.log_probs(x) / t, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return (1 - self.alpha) * hard_loss + self.alpha * t * t * soft

@@ -23,7 +23,7 @@ from fmnist_lab.data import DataModule, Splits, load_splits
 from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.models.predictor import Predictor
-from fmnist_lab.module import Classifier
+from fmnist_lab.module import Classifier, Teacher
 
 
 @dataclass
@@ -64,6 +64,9 @@ def train(
     n_params = count_params(net)
     if splits is None:
         splits = load_splits(cfg.data)
+    if cfg.tracking.uri:  # where a teacher's runs:/ or models:/ URI is resolved
+        mlflow.set_tracking_uri(cfg.tracking.uri)
+    teacher = load_teacher(cfg.distill, len(splits.classes), splits.train_x[:2].float() / 255)
     module = Classifier(
         net,
         optimizer=instantiate(cfg.optimizer, lr=lr),
@@ -76,6 +79,7 @@ def train(
         num_classes=len(splits.classes),
         channels_last=cfg.trainer.channels_last,
         compile=cfg.trainer.compile,
+        teacher=teacher,
     )
     datamodule = DataModule(splits, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.seed)
 
@@ -122,6 +126,36 @@ def train(
             example = splits.train_x[:2].float() / 255
             model_uri = tracking.log_model(Predictor(net, splits.mean, splits.std), example)
     return RunResult(run.info.run_id, name, n_params, metrics, model_uri, confusion)
+
+
+def load_teacher(spec: DictConfig, classes: int, example: torch.Tensor) -> Teacher | None:
+    """`distill.teacher`: the MLflow model of a trained run (`runs:/<id>/model`,
+    `models:/<name>/<version>`, or its folder), checked on `example` before anything is
+    recorded; None when no teacher is set."""
+    if not spec.teacher:
+        return None
+    alpha, temperature = spec.alpha, spec.temperature
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+        raise UserError(f"distill.alpha={alpha} must be a number from 0 to 1")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or temperature <= 0
+    ):
+        raise UserError(f"distill.temperature={temperature} must be a positive number")
+    try:
+        model = mlflow.pytorch.load_model(spec.teacher, map_location="cpu")
+        with torch.no_grad():
+            shape = tuple(model(example).shape)
+    except Exception as err:  # MLflow, file and export errors alike: the URI is the problem
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"distill.teacher '{spec.teacher}' does not load as a model: {reason}"
+        ) from None
+    if shape != (len(example), classes):
+        raise UserError(f"distill.teacher '{spec.teacher}' predicts {shape[1:]} outputs per "
+                        f"image; this dataset has {classes} classes")  # fmt: skip
+    return Teacher(model, float(alpha), float(temperature))
 
 
 LR_RULES = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
