@@ -7,6 +7,7 @@ import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.tracking._tracking_service import utils as tracking_uri_state
 from torch import nn
 
 from fmnist_lab import tracking
@@ -33,13 +34,21 @@ def log_constant_teacher(classes: int) -> str:
         return tracking.log_model(Predictor(net, 0.5, 0.5), torch.rand(2, 1, 28, 28))
 
 
+@pytest.fixture(autouse=True)
+def keep_tracking_uri():
+    """`train` points MLflow at its store; later test modules must not inherit it."""
+    before = tracking_uri_state._tracking_uri
+    yield
+    tracking_uri_state._tracking_uri = before
+
+
 @pytest.fixture(scope="module")
 def teacher_store(tmp_path_factory) -> tuple[str, str, str]:
     """A store holding the constant teacher and a 5-class one; their model URIs."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('teacher') / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("teachers")
-    return uri, log_constant_teacher(10), log_constant_teacher(5)
+    with tracking_uri_state._use_tracking_uri(uri):
+        mlflow.set_experiment("teachers")
+        return uri, log_constant_teacher(10), log_constant_teacher(5)
 
 
 def students(uri: str) -> list:

@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.tracking._tracking_service import utils as tracking_uri_state
 from optuna.trial import TrialState
 
 from .conftest import free_port, run_cli, start_server
@@ -180,6 +181,8 @@ def test_tracking_server_restart_mid_sweep_loses_no_finished_trial(
     server = start_server(tmp_path, port, backend, artifacts)
     url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # MLflow resolves a run's model with it
+    # ... unless a URI set in this process by an earlier test takes precedence over it.
+    monkeypatch.setattr(tracking_uri_state, "_tracking_uri", None)
     # MLflow's client retries a refused request with exponential backoff: 6 retries at
     # factor 1 wait about a minute in all (MLflow's defaults: about 4 minutes).
     retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
