@@ -135,13 +135,9 @@ def load_teacher(spec: DictConfig, classes: int, example: torch.Tensor) -> Teach
     if not spec.teacher:
         return None
     alpha, temperature = spec.alpha, spec.temperature
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+    if not is_number(alpha) or not 0 <= alpha <= 1:
         raise UserError(f"distill.alpha={alpha} must be a number from 0 to 1")
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or temperature <= 0
-    ):
+    if not is_number(temperature) or temperature <= 0:
         raise UserError(f"distill.temperature={temperature} must be a positive number")
     try:
         model = mlflow.pytorch.load_model(spec.teacher, map_location="cpu")
@@ -158,6 +154,11 @@ def load_teacher(spec: DictConfig, classes: int, example: torch.Tensor) -> Teach
     return Teacher(model, float(alpha), float(temperature))
 
 
+def is_number(value) -> bool:
+    """An int or float from the config (YAML's true/false are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 LR_RULES = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
 
 
@@ -168,7 +169,7 @@ def scaled_lr(cfg: DictConfig) -> float:
     rule, base = cfg.lr_scaling.rule, cfg.lr_scaling.base_batch_size
     if rule not in LR_RULES:
         raise UserError(f"lr_scaling.rule must be one of {', '.join(LR_RULES)}, not '{rule}'")
-    if isinstance(base, bool) or not isinstance(base, int | float) or base <= 0:
+    if not is_number(base) or base <= 0:
         raise UserError(f"lr_scaling.base_batch_size must be a positive number, not {base}")
     return float(cfg.optimizer.lr) * LR_RULES[rule](cfg.data.batch_size / base)
 
