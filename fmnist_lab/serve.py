@@ -20,7 +20,10 @@ from typing import Any
 import mlflow
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import ClientDisconnect
 
 from fmnist_lab import preprocess
 from fmnist_lab.data import IDX_DATASETS
@@ -30,6 +33,9 @@ from fmnist_lab.preprocess import ImageError
 from fmnist_lab.server import check_port_free
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# A refused request's unread body is read and dropped up to this many bytes before the answer,
+# so a client still sending gets the 4xx and not a reset connection; a larger body is cut off.
+DRAIN_BYTES = 64 * 1024 * 1024
 
 PREDICT_BODY = {  # the request body /predict reads itself (to enforce the size limit)
     "required": True,
@@ -68,7 +74,13 @@ def create_app(
 
     @app.exception_handler(ImageError)
     async def bad_image(request: Request, err: ImageError) -> JSONResponse:
+        await drain(request)
         return JSONResponse({"detail": str(err)}, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(request: Request, err: RequestValidationError) -> JSONResponse:
+        await drain(request)
+        return await request_validation_exception_handler(request, err)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -104,6 +116,21 @@ def create_app(
 
 def prepare(data: bytes, max_pixels: int):
     return preprocess.prepare(preprocess.open_image(data, max_pixels))
+
+
+async def drain(request: Request) -> None:
+    """Read and drop what is left of the request body, up to DRAIN_BYTES."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > DRAIN_BYTES:
+        return
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > DRAIN_BYTES:
+                return
+    except (RuntimeError, ClientDisconnect):  # the body was read already, or the client left
+        return
 
 
 async def read_image(request: Request, limit: int) -> bytes:

@@ -207,6 +207,24 @@ def test_bad_input_gets_a_4xx_and_the_app_keeps_answering(app):
         assert call(f"{app}/healthz")[0] == 200
 
 
+def test_a_refused_upload_is_answered_not_cut_off(app):
+    """Refused while the client is still sending: the server reads and drops the rest of the
+    body, so the client reads the 4xx instead of a reset connection."""
+    big = multipart(os.urandom(2 * 2**20))  # over the 1 MB limit, more than a socket buffer
+    bigger = multipart(os.urandom(20 * 2**20))
+    fits = multipart(os.urandom(900 * 2**10))  # under the limit, but the query is wrong
+    for _ in range(5):
+        for url, (body, headers), code, words in [
+            (f"{app}/predict", big, 413, "limit"),
+            (f"{app}/predict", bigger, 413, "limit"),
+            (f"{app}/predict?top_k=0", fits, 422, "top_k must be"),
+            (f"{app}/predict?top_k=three", fits, 422, "top_k"),
+        ]:
+            status, answer = call(url, body, headers)
+            assert status == code and words in json.dumps(answer["detail"]), (url, answer)
+    assert call(f"{app}/healthz")[0] == 200
+
+
 def test_a_burst_of_concurrent_requests_is_all_answered(app, champion):
     _, _, x, _, _ = champion
     images = [png(x[i]) for i in range(8)]
