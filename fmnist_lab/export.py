@@ -29,14 +29,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lab import report
+from fmnist_lab import report, tracking
 from fmnist_lab.errors import UserError, exit_cleanly
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "trainer")
-# Settings of the machine or of one run, not of the recipe.
-MACHINE_KEYS = ("seed", "tracking", "data.root", "data.cache_dir", "trainer.threads",
-                "trainer.progress_bar")  # fmt: skip
 
 
 def finalists(client: MlflowClient, study: str) -> list[Run]:
@@ -86,7 +83,7 @@ def _compose(overrides: Sequence[str]) -> dict:
 
 def _drop_machine_keys(config: dict) -> dict:
     config = copy.deepcopy(config)
-    for dotted in MACHINE_KEYS:
+    for dotted in tracking.MACHINE_KEYS:
         *path, last = dotted.split(".")
         node = config
         for key in path:

@@ -121,39 +121,69 @@ def signature(overrides: Sequence[str]) -> str:
     return " ".join(sorted(overrides))
 
 
-def recorded(client: MlflowClient, recipe: str, dataset: str, overrides: Sequence[str],
-             seeds: int) -> dict[int, Run]:  # fmt: skip
-    """The latest finished run of each seed 0..seeds-1 of `recipe` on `dataset` made with
-    exactly these overrides."""
+def differences(run: Run, cfg: DictConfig) -> list[str]:
+    """The recipe's settings (machine settings aside) that `run` logged another value of, as
+    "key=logged (now value)"; a setting the run did not log (older code) is not compared."""
+    logged = run.data.params
+    return [f"{key}={logged[key]} (now {value})"
+            for key, value in tracking.recipe_settings(cfg).items()
+            if key in logged and logged[key] != value]  # fmt: skip
+
+
+@dataclass
+class Recorded:
+    """The runs of a recipe that count: per seed, the latest finished run trained with the
+    settings the recipe (with the overrides) has now; and per seed with no such run, how its
+    latest run differs (the recipe file changed since, or other overrides)."""
+
+    runs: dict[int, Run] = field(default_factory=dict)
+    stale: dict[int, tuple[Run, list[str]]] = field(default_factory=dict)
+
+
+def recorded(client: MlflowClient, recipe: str, cfg: DictConfig, seeds: int) -> Recorded:
+    """The finished runs of seeds 0..seeds-1 of `recipe` on `cfg`'s dataset, sorted by
+    whether they were trained with `cfg`'s settings (the seed aside)."""
+    found = Recorded()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
-        return {}
+        return found
     runs = client.search_runs(
         [experiment.experiment_id],
-        f"tags.reproduce = '{recipe}' and tags.dataset = '{dataset}' "
+        f"tags.reproduce = '{recipe}' and tags.dataset = '{cfg.data.name}' "
         "and attributes.status = 'FINISHED'",
         max_results=1000,
         order_by=["attributes.start_time ASC"],
     )
-    by_seed, wanted = {}, signature(overrides)
-    for run in runs:
+    for run in runs:  # a later run of a seed replaces an earlier one
         seed = int(run.data.params.get("seed", -1))
-        if 0 <= seed < seeds and run.data.tags.get("reproduce.overrides", "") == wanted:
-            by_seed[seed] = run  # a later run of the same seed replaces an earlier one
-    return by_seed
+        if not 0 <= seed < seeds:
+            continue
+        differ = differences(run, cfg)
+        if differ:
+            found.stale[seed] = (run, differ)
+        else:
+            found.runs[seed] = run
+    for seed in found.runs:
+        found.stale.pop(seed, None)
+    return found
 
 
 def reproduce(recipe: str, seeds: int, data: str | None, overrides: Sequence[str],
               uri: str | None, only: Sequence[int] = ()) -> None:  # fmt: skip
-    """Train the seeds 0..seeds-1 of `recipe` (or just those in `only`) not recorded yet."""
+    """Train the seeds 0..seeds-1 of `recipe` (or just those in `only`) not recorded yet
+    with the recipe's settings as they are now."""
     from fmnist_lab.train import train  # torch and Lightning only when training
 
-    dataset = run_config(recipe, 0, data, overrides, uri).data.name
-    done = recorded(MlflowClient(), recipe, dataset, overrides, seeds)
+    found = recorded(MlflowClient(), recipe, run_config(recipe, 0, data, overrides, uri), seeds)
     for seed in only or range(seeds):
-        if seed in done:
+        if seed in found.runs:
             print(f"{recipe} seed {seed}: already recorded")
             continue
+        if seed in found.stale:
+            run, differ = found.stale[seed]
+            print(f"{recipe} seed {seed}: run {run.info.run_id} was trained with other "
+                  f"settings ({', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''}); "
+                  "training it again", flush=True)  # fmt: skip
         cfg = run_config(recipe, seed, data, overrides, uri)
         tags = {"reproduce": recipe, "reproduce.overrides": signature(overrides)}
         result = train(cfg, tags=tags)
@@ -187,7 +217,7 @@ def table_rows(known: dict[str, DictConfig], names: Sequence[str], seeds: int,
             reported_val=ref.get("val_acc") if own_data else None,
             overrides=signature(overrides),
         )
-        for run in recorded(client, name, cfg.data.name, overrides, seeds).values():
+        for run in recorded(client, name, cfg, seeds).runs.values():
             row.runs += 1
             if "test_acc" in run.data.metrics:
                 row.accs.append(run.data.metrics["test_acc"])

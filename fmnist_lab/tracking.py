@@ -138,6 +138,20 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# Settings of the machine or of one run, not of a recipe; `reference` is the source's figures.
+MACHINE_KEYS = ("seed", "tracking", "data.root", "data.cache_dir", "trainer.threads",
+                "trainer.progress_bar")  # fmt: skip
+
+
+def recipe_settings(cfg: DictConfig) -> dict[str, str]:
+    """`cfg`'s settings as MLflow params, less the machine's (MACHINE_KEYS) and `reference`:
+    two runs with equal recipe settings trained the same recipe (their seeds aside)."""
+    skip = (*MACHINE_KEYS, "reference")
+    return {key: value
+            for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+            if not any(key == s or key.startswith(f"{s}.") for s in skip)}  # fmt: skip
+
+
 def git_commit() -> str:
     """The commit of the checkout fmnist_lab runs from ("unknown" outside a git checkout)."""
     try:

@@ -284,6 +284,7 @@ def test_optuna_dashboard_opens_the_sweeps_journal(sweep):
 
 def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(sweep, tmp_path):
     study_dir, uri, _ = sweep
+    mlflow.set_tracking_uri(uri)  # for runs:/ URIs, whichever tests ran before
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(STUDY)
     finalists = [

@@ -92,6 +92,42 @@ def test_seeds_are_trained_once_and_tabled_next_to_the_reported_figure(tmp_path,
     assert len(runs(uri)) == 3
 
 
+def test_a_seed_counts_only_if_trained_with_the_settings_the_recipe_has_now(tmp_path, env):
+    # A recipe file that changes (best_50k went from 60 to 90 epochs) must not pass off the
+    # runs of its earlier settings as its own: seeds match on the settings they logged.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    two = [a.replace("max_epochs=1", "max_epochs=2") for a in SHORT]
+
+    def reproduce(*args):
+        result = run_cli("fmnist_lab.reproduce", "r2_mlp", "--seeds", "1", "--tracking-uri",
+                         uri, *args, cwd=tmp_path, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    def row(stdout):
+        return next(line for line in stdout.splitlines() if line.startswith("R2 MLP"))
+
+    first = re.search(r"^r2_mlp seed 0: test accuracy (0\.\d+), .*\(run (\w+)\)",
+                      reproduce(*two), re.M)  # fmt: skip
+    (old_id,) = [r.info.run_id for r in runs(uri)]
+    assert first.group(2) == old_id
+
+    again = reproduce(*SHORT)  # one epoch now: the two-epoch run is not this recipe's
+    assert (f"r2_mlp seed 0: run {old_id} was trained with other settings "
+            "(trainer.max_epochs=2 (now 1)); training it again") in again  # fmt: skip
+    second = re.search(r"^r2_mlp seed 0: test accuracy (0\.\d+), .*\(run (\w+)\)", again, re.M)
+    assert second.group(2) != old_id and len(runs(uri)) == 2
+    assert f"{float(second.group(1)):.2%} (n=1)" in row(again)
+
+    # The same settings reached another way (the recipe's own lr, set again) are recorded.
+    same = reproduce(*SHORT, "optimizer.lr=0.02")
+    assert "r2_mlp seed 0: already recorded" in same and len(runs(uri)) == 2
+    assert f"{float(second.group(1)):.2%} (n=1)" in row(same)
+    # And the earlier settings still find their own run.
+    table = reproduce(*two, "--table-only")
+    assert f"{float(first.group(1)):.2%} (n=1)" in row(table) and len(runs(uri)) == 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
