@@ -15,7 +15,6 @@ the seeds again and prints them next to the recorded figure.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -78,18 +77,7 @@ def _compose(overrides: Sequence[str]) -> dict:
     """conf/train.yaml with these overrides, less the machine's settings."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides))
-    return _drop_machine_keys(OmegaConf.to_container(cfg, resolve=True))
-
-
-def _drop_machine_keys(config: dict) -> dict:
-    config = copy.deepcopy(config)
-    for dotted in tracking.MACHINE_KEYS:
-        *path, last = dotted.split(".")
-        node = config
-        for key in path:
-            node = node.get(key, {})
-        node.pop(last, None)
-    return config
+    return tracking.drop_machine_keys(OmegaConf.to_container(cfg, resolve=True))
 
 
 def group_choices(config: dict) -> dict[str, str]:
@@ -129,7 +117,7 @@ def difference(config: dict, base: dict) -> dict:
 
 def experiment_text(name: str, budget: int, config: dict, run: Run, study: str) -> str:
     """The experiment file of one finalist."""
-    config = _drop_machine_keys(config)
+    config = tracking.drop_machine_keys(config)
     choices = group_choices(config)
     base = _compose([f"{g}={c}" for g, c in choices.items()])
     body = difference(config, base)

@@ -121,12 +121,11 @@ def signature(overrides: Sequence[str]) -> str:
     return " ".join(sorted(overrides))
 
 
-def differences(run: Run, cfg: DictConfig) -> list[str]:
-    """The recipe's settings (machine settings aside) that `run` logged another value of, as
-    "key=logged (now value)"; a setting the run did not log (older code) is not compared."""
+def differences(run: Run, settings: dict[str, str]) -> list[str]:
+    """The recipe `settings` (`tracking.recipe_settings`) that `run` logged another value of,
+    as "key=logged (now value)"; a setting the run did not log (older code) is not compared."""
     logged = run.data.params
-    return [f"{key}={logged[key]} (now {value})"
-            for key, value in tracking.recipe_settings(cfg).items()
+    return [f"{key}={logged[key]} (now {value})" for key, value in settings.items()
             if key in logged and logged[key] != value]  # fmt: skip
 
 
@@ -154,11 +153,12 @@ def recorded(client: MlflowClient, recipe: str, cfg: DictConfig, seeds: int) -> 
         max_results=1000,
         order_by=["attributes.start_time ASC"],
     )
+    settings = tracking.recipe_settings(cfg)
     for run in runs:  # a later run of a seed replaces an earlier one
         seed = int(run.data.params.get("seed", -1))
         if not 0 <= seed < seeds:
             continue
-        differ = differences(run, cfg)
+        differ = differences(run, settings)
         if differ:
             found.stale[seed] = (run, differ)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import time
@@ -143,13 +144,24 @@ MACHINE_KEYS = ("seed", "tracking", "data.root", "data.cache_dir", "trainer.thre
                 "trainer.progress_bar")  # fmt: skip
 
 
+def drop_machine_keys(config: Mapping[str, Any]) -> dict:
+    """A copy of the nested `config` without the MACHINE_KEYS."""
+    config = copy.deepcopy(dict(config))
+    for dotted in MACHINE_KEYS:
+        *path, last = dotted.split(".")
+        node = config
+        for key in path:
+            node = node.get(key, {})
+        node.pop(last, None)
+    return config
+
+
 def recipe_settings(cfg: DictConfig) -> dict[str, str]:
     """`cfg`'s settings as MLflow params, less the machine's (MACHINE_KEYS) and `reference`:
     two runs with equal recipe settings trained the same recipe (their seeds aside)."""
-    skip = (*MACHINE_KEYS, "reference")
-    return {key: value
-            for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
-            if not any(key == s or key.startswith(f"{s}.") for s in skip)}  # fmt: skip
+    config = drop_machine_keys(OmegaConf.to_container(cfg, resolve=True))
+    config.pop("reference", None)
+    return flatten(config)
 
 
 def git_commit() -> str:

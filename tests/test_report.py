@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from fmnist_lab import export
+from fmnist_lab import export, tracking
 from fmnist_lab.data import load_splits
 from fmnist_lab.registry import register_champion
 from fmnist_lab.report import pareto_flags
@@ -315,7 +315,7 @@ def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(s
         original = OmegaConf.to_container(OmegaConf.create(recorded), resolve=True)
         # `train experiment=<name>` trains what the finalist's seeds trained (on all 60,000
         # images: no validation split), less the machine's folders, threads, store and seed.
-        assert export._drop_machine_keys(composed) == export._drop_machine_keys(original)
+        assert tracking.drop_machine_keys(composed) == tracking.drop_machine_keys(original)
         assert composed["data"]["val_size"] == 0
         accs = json.loads(run.data.tags["test_accs"])
         assert reference["params"] == run.data.metrics["params"]
