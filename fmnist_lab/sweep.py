@@ -591,7 +591,9 @@ def worker_main(
 
         torch.set_num_threads(threads)
         overrides = [*overrides, f"trainer.threads={threads}"]
-    tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
+    # The sweep found the server answering before it started this worker: an outage since then
+    # (a restart) is waited out as long as MLflow's client waits one out in a running trial.
+    tracking.configure(cfg.tracking.uri, cfg.tracking.experiment, tracking.retry_window_s())
     ctx = WorkerContext(cfg, overrides, parent_run_id, mlflow.get_tracking_uri(), deadline)
     study = optuna.load_study(
         study_name=cfg.study_name,

@@ -17,6 +17,10 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.entities import Metric
+from mlflow.environment_variables import (
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
@@ -29,11 +33,12 @@ from fmnist_lab.errors import UserError
 PACKAGE_DIR = Path(fmnist_lab.__file__).resolve().parent
 
 
-def configure(uri: str | None, experiment: str) -> None:
-    """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else MLflow's default) and `experiment`."""
+def configure(uri: str | None, experiment: str, patience_s: float = 0.0) -> None:
+    """Point MLflow at `uri` (else $MLFLOW_TRACKING_URI, else MLflow's default) and `experiment`;
+    a tracking server that does not answer is asked again for up to `patience_s` seconds."""
     if uri:
         mlflow.set_tracking_uri(uri)
-    check_server(mlflow.get_tracking_uri())
+    check_server(mlflow.get_tracking_uri(), patience_s=patience_s)
     try:
         found = mlflow.set_experiment(experiment)
         # When another process creates the experiment at the same moment, MLflow returns it
@@ -54,23 +59,38 @@ def configure(uri: str | None, experiment: str) -> None:
         ) from None
 
 
-def check_server(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail at once, in one sentence, when a tracking server does not answer: MLflow's own
-    client would retry for minutes before the first run could even start."""
+def check_server(uri: str, timeout_s: float = 5.0, patience_s: float = 0.0) -> None:
+    """Fail in one sentence when a tracking server does not answer, at once by default: MLflow's
+    own client would retry for minutes before the first run could even start."""
     if not uri.startswith(("http://", "https://")):
         return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-            return
-    except urllib.error.HTTPError as err:
-        if err.code in (401, 403):  # it answers; credentials are MLflow's business
-            return
-        reason = f"HTTP {err.code}"
-    except (OSError, ValueError) as err:
-        reason = str(getattr(err, "reason", err))
+    give_up = time.monotonic() + patience_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+                return
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403):  # it answers; credentials are MLflow's business
+                return
+            reason = f"HTTP {err.code}"
+        except (OSError, ValueError) as err:
+            reason = str(getattr(err, "reason", err))
+        if time.monotonic() >= give_up:
+            break
+        time.sleep(min(1.0, max(give_up - time.monotonic(), 0.0)))
     raise UserError(
         f"the MLflow tracking server at {uri} does not answer ({reason}); start it "
         f"(python -m fmnist_lab.server) or fix tracking.uri / MLFLOW_TRACKING_URI"
+    )
+
+
+def retry_window_s() -> float:
+    """How long MLflow's client keeps retrying a request the server refuses: urllib3's backoff
+    (0, 2f, 4f, ... seconds, each at most 120) over MLFLOW_HTTP_REQUEST_MAX_RETRIES retries at
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR f."""
+    factor = MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()
+    return float(
+        sum(min(factor * 2**i, 120) for i in range(1, MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()))
     )
 
 

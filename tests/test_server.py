@@ -19,6 +19,8 @@ import pytest
 from mlflow import MlflowClient
 
 from fmnist_lab import server as server_cli
+from fmnist_lab import tracking
+from fmnist_lab.errors import UserError
 
 from .conftest import free_port, run_cli, wait_for_server
 
@@ -74,6 +76,42 @@ def test_unreachable_server_is_one_clear_error_within_seconds(tmp_path, data_roo
     assert result.returncode == 2 and time.monotonic() - start < 30
     assert f"tracking server at {url} does not answer" in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+def test_a_sweep_worker_waits_out_a_server_that_is_restarting(tmp_path, monkeypatch):
+    """A sweep checks the server once and fails at once; its workers, started after that
+    check, wait for a server that went away (a restart) as long as MLflow's client would."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    with pytest.raises(UserError, match=f"tracking server at {url} does not answer"):
+        tracking.check_server(url)  # the sweep's own check: no patience
+    assert time.monotonic() - start < 5
+    start = time.monotonic()
+    with pytest.raises(UserError, match="does not answer"):
+        tracking.check_server(url, patience_s=3)  # patience runs out: the same one sentence
+    assert 3 <= time.monotonic() - start < 10
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_lab.server", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        start = time.monotonic()
+        tracking.check_server(url, patience_s=120)  # refused while the server starts ...
+        assert time.monotonic() - start > 0.5 and server.poll() is None  # ... then it answers
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    # The workers' patience is MLflow's own retry window: urllib3 waits 0, 2f, 4f, ... s.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    assert tracking.retry_window_s() == 2 + 4 + 8 + 16 + 32
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "9")
+    assert tracking.retry_window_s() == 2 + 4 + 8 + 16 + 32 + 64 + 120 + 120  # 120 s at most
 
 
 def test_server_refuses_a_port_in_use(tmp_path):
