@@ -1,5 +1,8 @@
 """`python -m fmnist_lab.tta RUN_ID...`: test logged runs again with test-time augmentation.
 
+`python -m fmnist_lab.tta --recipe NAME --seeds 3` scores the seeds `python -m
+fmnist_lab.reproduce NAME --seeds 3` recorded (with the same `--set`/`--data`, if any).
+
 Each image is classified by the mean of the model's class probabilities over a few views of
 it: itself and its mirror image (`flip`), itself and its four one-pixel shifts (`shift`), or
 all ten (`flip_shift`). The run's validation and test splits are rebuilt from the config it
@@ -145,12 +148,56 @@ def render(results: dict[str, dict[str, dict]], views: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def chosen(results: dict[str, dict[str, dict]], views: Sequence[str]) -> str | None:
+    """The view set with the highest mean validation accuracy over the runs, the fewer views
+    (earlier in VIEWS) on a tie, and its figures; None without a validation split."""
+    vals = {name: [s[name]["val"] for s in results.values()] for name in views}
+    if len(views) < 2 or any(v is None for known in vals.values() for v in known):
+        return None
+    ordered = sorted(views, key=list(VIEWS).index)
+    best = max(ordered, key=lambda name: statistics.mean(vals[name]))  # first of a tie
+    tests = [s[best]["test"] for s in results.values()]
+    return (f"chosen on validation: {best} (val {summarize(vals[best])}, "
+            f"test {summarize(tests)})")  # fmt: skip
+
+
+def recipe_runs(client: MlflowClient, args: argparse.Namespace) -> list[str]:
+    """The run ids of the seeds `reproduce` counts for `args.recipe` (in seed order)."""
+    from fmnist_lab import reproduce
+
+    known = reproduce.recipes()
+    if args.recipe not in known:
+        raise UserError(f"no reference recipe {args.recipe}; known: {', '.join(known)}")
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds} must be at least 1")
+    reproduce.check_overrides(args.set)
+    reproduce.check_recipe(args.recipe, args.data, args.set)
+    cfg = reproduce.run_config(args.recipe, 0, args.data, args.set, None)
+    found = reproduce.recorded(client, args.recipe, cfg, args.seeds).runs
+    if not found:
+        setting = f" --set {' '.join(args.set)}" if args.set else ""
+        raise UserError(
+            f"no run of {args.recipe} (seeds 0..{args.seeds - 1}{setting}) is recorded in "
+            f"{mlflow.get_tracking_uri()}; train them with python -m fmnist_lab.reproduce "
+            f"{args.recipe} --seeds {args.seeds}{setting}"
+        )
+    return [found[seed].info.run_id for seed in sorted(found)]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m fmnist_lab.tta",
         description="Test logged runs again with test-time augmentation (views averaged).",
     )
-    parser.add_argument("runs", nargs="+", metavar="RUN_ID", help="runs of fmnist_lab.train")
+    parser.add_argument("runs", nargs="*", metavar="RUN_ID", help="runs of fmnist_lab.train")
+    parser.add_argument("--recipe", default=None,
+                        help="instead of run ids: the seeds of it reproduce recorded")  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="with --recipe: seeds 0..N-1 (3)")  # fmt: skip
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="with --recipe: the overrides reproduce trained it with")  # fmt: skip
+    parser.add_argument("--data", default=None, choices=["fashion_mnist", "mnist"],
+                        help="with --recipe: the dataset (default: the recipe's own)")  # fmt: skip
     parser.add_argument("--views", nargs="+", choices=list(VIEWS), default=list(VIEWS),
                         help="views to score (default: all; none = the plain model)")  # fmt: skip
     parser.add_argument("--tracking-uri", default=None,
@@ -162,15 +209,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @exit_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if bool(args.runs) == bool(args.recipe):
+        raise UserError("name the runs to score: run ids, or --recipe NAME, not both")
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
     check_server(mlflow.get_tracking_uri())
     client = MlflowClient()
+    ids = recipe_runs(client, args) if args.recipe else args.runs
     # Every run is loaded before anything is scored or logged: one bad id records nothing.
-    runs = {run_id: load_run(client, run_id) for run_id in dict.fromkeys(args.runs)}
+    runs = {run_id: load_run(client, run_id) for run_id in dict.fromkeys(ids)}
     views = list(dict.fromkeys(args.views))
     results = {run_id: retest(client, run_id, run, views) for run_id, run in runs.items()}
     print(render(results, views))
+    choice = chosen(results, views)
+    if choice:
+        print(choice)
 
 
 if __name__ == "__main__":

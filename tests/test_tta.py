@@ -115,3 +115,51 @@ def test_cli_reproduces_the_logged_accuracy_and_logs_the_views(
         assert line.startswith("error: ") and says in line
     assert len(client.get_metric_history(run_id, "test_acc_tta_flip")) == before
     assert client.get_run(run_id).data.metrics == metrics
+
+
+def test_recipe_scores_the_seeds_reproduce_recorded_and_names_the_validation_choice(
+    tracking_uri, data_root, cache_dir, tmp_path
+):  # fmt: skip
+    env = {"FMNIST_LAB_DATA": str(data_root), "FMNIST_LAB_CACHE": str(cache_dir)}
+    short = ["--set", "data.train_fraction=0.05", "trainer.max_epochs=1", "evaluate=false"]
+    trained = run_cli("fmnist_lab.reproduce", "r1_mlp", "--seeds", "2", "--tracking-uri",
+                      tracking_uri, *short, cwd=tmp_path, env=env)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    client = MlflowClient(tracking_uri)
+    recorded = client.search_runs([client.get_experiment_by_name("references").experiment_id])
+    by_seed = {int(run.data.params["seed"]): run for run in recorded}
+    assert sorted(by_seed) == [0, 1]
+
+    result = run_cli("fmnist_lab.tta", "--recipe", "r1_mlp", "--seeds", "2", *short,
+                     "--views", "none", "flip", "--tracking-uri", tracking_uri, cwd=tmp_path,
+                     env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    *lines, choice = result.stdout.strip().splitlines()
+    rows = table("\n".join(lines))
+    ids = [by_seed[seed].info.run_id for seed in (0, 1)]
+    assert set(rows) == {(r, v) for r in (*ids, "mean of 2 runs") for v in ("none", "flip")}
+    for run_id in ids:  # the plain view is each seed's own logged model
+        logged = client.get_run(run_id).data.metrics
+        assert rows[run_id, "none"] == pytest.approx((logged["val_acc"], logged["test_acc"]),
+                                                     abs=1e-4)  # fmt: skip
+    # The choice is the rule's: the higher mean validation accuracy, the fewer views on a tie.
+    val = {views: rows["mean of 2 runs", views][0] for views in ("none", "flip")}
+    best = "flip" if val["flip"] > val["none"] else "none"
+    found = re.fullmatch(r"chosen on validation: (\w+) \(val ([\d.]+)% \+/- [\d.]+%, "
+                         r"test ([\d.]+)% \+/- [\d.]+%\)", choice)  # fmt: skip
+    assert found, choice
+    assert found[1] == best
+    assert float(found[2]) / 100 == pytest.approx(val[best], abs=1e-4)
+    assert float(found[3]) / 100 == pytest.approx(rows["mean of 2 runs", best][1], abs=1e-4)
+
+    for args, says in (
+        (["--recipe", "r1_mlp", "--seeds", "2"],  # trained with other settings than these
+         "no run of r1_mlp (seeds 0..1) is recorded in"),
+        (["--recipe", "r9_nope"], "no reference recipe r9_nope; known: "),
+        ([ids[0], "--recipe", "r1_mlp"], "name the runs to score: run ids, or --recipe NAME"),
+    ):  # fmt: skip
+        bad = run_cli("fmnist_lab.tta", *args, "--tracking-uri", tracking_uri, cwd=tmp_path,
+                      env=env)  # fmt: skip
+        assert bad.returncode == 2, bad.stderr
+        (line,) = bad.stderr.strip().splitlines()
+        assert line.startswith("error: ") and says in line
