@@ -82,7 +82,9 @@ def test_cli_reproduces_the_logged_accuracy_and_logs_the_views(
     result = run_cli("fmnist_lab.tta", run_id, other, "--views", "none", "flip",
                      "--tracking-uri", tracking_uri, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    table_rows = table(result.stdout)
+    *lines, choice = result.stdout.strip().splitlines()
+    table_rows = table("\n".join(lines))
+    assert choice.startswith("chosen on validation: ")  # the rule: the recipe test below
     assert set(table_rows) == {(r, v) for r in (run_id, other, "mean of 2 runs")
                                for v in ("none", "flip")}  # fmt: skip
     # Each view set's last row is the mean over the runs (to the table's rounding).
