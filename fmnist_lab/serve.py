@@ -18,11 +18,15 @@ from importlib import resources
 from typing import Any
 
 import mlflow
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from fmnist_lab import preprocess
@@ -81,6 +85,11 @@ def create_app(
     async def bad_query(request: Request, err: RequestValidationError) -> JSONResponse:
         await drain(request)
         return await request_validation_exception_handler(request, err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_such_page(request: Request, err: StarletteHTTPException) -> Response:
+        await drain(request)  # an upload to a wrong path or with a wrong method: 404, 405
+        return await http_exception_handler(request, err)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:

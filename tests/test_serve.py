@@ -219,6 +219,8 @@ def test_a_refused_upload_is_answered_not_cut_off(app):
             (f"{app}/predict", bigger, 413, "limit"),
             (f"{app}/predict?top_k=0", fits, 422, "top_k must be"),
             (f"{app}/predict?top_k=three", fits, 422, "top_k"),
+            (f"{app}/nope", big, 404, "Not Found"),  # no such page
+            (f"{app}/healthz", big, 405, "Method Not Allowed"),  # a page that takes no POST
         ]:
             status, answer = call(url, body, headers)
             assert status == code and words in json.dumps(answer["detail"]), (url, answer)
