@@ -85,6 +85,26 @@ def test_convnet_counts_follow_its_settings():
     assert count_params(whole) - count_params(sep) == 8 * 16 * 9 - (8 * 9 + 8 * 16)
 
 
+def test_keras_init_starts_the_weights_as_keras_layers_do(make_cfg):
+    """model.init=keras: Glorot-uniform weights (+/- sqrt(6 / (fan_in + fan_out))), zero
+    biases, the same parameters; the default keeps PyTorch's narrower draw."""
+    torch.manual_seed(0)
+    plain = build_model(make_cfg("model=conv2dsimple2").model)
+    keras = build_model(make_cfg("model=conv2dsimple2", "model.init=keras").model)
+    assert count_params(keras) == count_params(plain)
+    layers = [m for m in keras.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    defaults = [m for m in plain.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    for layer, default in zip(layers, defaults, strict=True):
+        receptive = layer.weight[0, 0].numel()
+        fan_in, fan_out = layer.weight.shape[1] * receptive, layer.weight.shape[0] * receptive
+        limit = (6 / (fan_in + fan_out)) ** 0.5
+        assert layer.weight.abs().max() <= limit and layer.weight.abs().max() > 0.9 * limit
+        assert not layer.bias.any() and default.bias.any()
+        assert default.weight.abs().max() <= 1 / fan_in**0.5 + 1e-6  # PyTorch's bound
+    with pytest.raises(UserError, match="model.init must be one of torch, keras, not 'glorot'"):
+        build_model(make_cfg("model=conv2dsimple2", "model.init=glorot").model)
+
+
 def test_too_many_poolings_is_refused_with_the_reason(make_cfg):
     with pytest.raises(ValueError, match="5 poolings shrink a 28x28 image below 1x1; at most 4"):
         ConvNet(filters=[4] * 5)
