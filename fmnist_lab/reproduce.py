@@ -103,6 +103,22 @@ def run_config(recipe: str, seed: int, data: str | None, overrides: Sequence[str
     ])  # fmt: skip
 
 
+def checked_recipes(names: Sequence[str], seeds: int, data: str | None,
+                    overrides: Sequence[str]) -> dict[str, DictConfig]:  # fmt: skip
+    """Every recipe, once `names` (none: all of them), `seeds` and the overrides are known
+    to be good: a bad one stops before anything is trained or scored."""
+    known = recipes()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UserError(f"no reference recipe {', '.join(unknown)}; known: {', '.join(known)}")
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds} must be at least 1")
+    check_overrides(overrides)
+    for name in names or known:
+        check_recipe(name, data, overrides)
+    return known
+
+
 def check_recipe(recipe: str, data: str | None, overrides: Sequence[str]) -> None:
     """Everything that can be wrong with a recipe's config before any run is recorded."""
     from fmnist_lab.models import build_model
@@ -287,19 +303,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    known = recipes()
-    unknown = [name for name in args.recipes if name not in known]
-    if unknown:
-        raise UserError(f"no reference recipe {', '.join(unknown)}; known: {', '.join(known)}")
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds} must be at least 1")
+    known = checked_recipes(args.recipes, args.seeds, args.data, args.set)
     outside = [s for s in args.only_seeds if not 0 <= s < args.seeds]
     if outside:
         raise UserError(f"--only-seeds {' '.join(map(str, outside))}: not among the seeds "
                         f"0..{args.seeds - 1} of --seeds {args.seeds}")  # fmt: skip
-    check_overrides(args.set)
-    for name in args.recipes or known:  # a bad override stops before anything is trained
-        check_recipe(name, args.data, args.set)
     tracking.configure(args.tracking_uri, EXPERIMENT)
     if not args.table_only:
         for name in args.recipes or known:

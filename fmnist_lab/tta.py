@@ -165,13 +165,7 @@ def recipe_runs(client: MlflowClient, args: argparse.Namespace) -> list[str]:
     """The run ids of the seeds `reproduce` counts for `args.recipe` (in seed order)."""
     from fmnist_lab import reproduce
 
-    known = reproduce.recipes()
-    if args.recipe not in known:
-        raise UserError(f"no reference recipe {args.recipe}; known: {', '.join(known)}")
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds} must be at least 1")
-    reproduce.check_overrides(args.set)
-    reproduce.check_recipe(args.recipe, args.data, args.set)
+    reproduce.checked_recipes([args.recipe], args.seeds, args.data, args.set)
     cfg = reproduce.run_config(args.recipe, 0, args.data, args.set, None)
     found = reproduce.recorded(client, args.recipe, cfg, args.seeds).runs
     if not found:
