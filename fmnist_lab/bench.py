@@ -39,6 +39,7 @@ from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.module import Classifier
 from fmnist_lab.sweep import redact
+from fmnist_lab.train import keep_freed_memory, train
 
 PRECISION = {"32-true": "fp32", "bf16-mixed": "bf16"}
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
@@ -213,8 +214,6 @@ def test_accuracy(module, x: torch.Tensor, y: torch.Tensor, batch: int = 5000) -
 def time_to_accuracy(target: float, train_args: list[str], max_epochs: int):
     """Train from scratch on all training images (`train_args`: Hydra overrides of
     conf/train.yaml) until the test accuracy reaches `target`; the callback's record."""
-    from fmnist_lab.train import train
-
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
             *train_args,
@@ -281,6 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--storage", default=None,
                         help="the sweep's Optuna storage URL, e.g. postgresql://... "
                         "(default: a journal file)")  # fmt: skip
+    parser.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
+                        help="keep: freed CPU memory is kept for reuse, as training does "
+                        "(trainer.keep_freed_memory); glibc: its default, which returns large "
+                        "blocks to the kernel")  # fmt: skip
     parser.add_argument(
         "--no-channels-last",
         dest="channels_last",
@@ -293,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--repeat {args.repeat} must be at least 1")
     if args.time_to_acc is not None and not 0 < args.time_to_acc <= 1:
         raise UserError(f"--time-to-acc {args.time_to_acc} must be a fraction in (0, 1]")
+    kept = args.malloc == "keep" and keep_freed_memory()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -308,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"fmnist_lab bench: {time.strftime('%Y-%m-%d %H:%M')}  {hardware()}")
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
           f"pytorch-lightning {pl.__version__}; {n} images, batch {args.batch_size}, "
-          f"device {device}, channels_last {args.channels_last}, {' and '.join(args.precision)}"
+          f"device {device}, channels_last {args.channels_last}, {' and '.join(args.precision)}, "
+          f"malloc {'keep' if kept else 'glibc'}"
           f"{f', best of {args.repeat}' if args.repeat > 1 else ''}")  # fmt: skip
     header = f"{'model':<21}{'params':>10}{'lightning':>12}{'plain':>12}{'dataloader':>12}"
     if args.model:

@@ -161,7 +161,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 # Settings of the machine or of one run, not of a recipe; `reference` is the source's figures.
 MACHINE_KEYS = ("seed", "tracking", "data.root", "data.cache_dir", "trainer.threads",
-                "trainer.progress_bar")  # fmt: skip
+                "trainer.progress_bar", "trainer.keep_freed_memory")  # fmt: skip
 
 
 def drop_machine_keys(config: Mapping[str, Any]) -> dict:

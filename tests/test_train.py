@@ -329,3 +329,35 @@ def test_precision_auto_means_bf16_only_on_a_gpu_that_has_it():
     assert resolve_precision("auto", "auto") == expected
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("16-mixed", "gpu") == "16-mixed"  # an explicit choice stands
+
+
+# Allocates and frees 64 MB tensors (a large CNN's activations) and prints the page faults
+# that took; argv[1] == "keep" applies keep_freed_memory() first.
+FAULTS = """
+import resource, sys, torch
+from fmnist_lab.train import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(6):  # the heap settles after a few rounds
+    torch.ones(2**24)
+before = faults()
+for _ in range(20):
+    torch.ones(2**24)
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is Linux's")
+def test_kept_memory_is_not_faulted_in_again_at_every_step(make_cfg):
+    counts = {}
+    for mode in ("keep", "default"):
+        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        counts[mode] = int(out.stdout.split()[-1])
+    # By default each free unmaps the block and each allocation faults 64 MB in again (16,384
+    # pages of 4 kB, fewer with huge pages); kept, the same memory is reused.
+    assert counts["default"] >= 20 * 30, counts
+    assert counts["keep"] < counts["default"] / 20, counts
+    assert make_cfg().trainer.keep_freed_memory is True  # every training applies it
