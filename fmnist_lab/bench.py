@@ -150,11 +150,11 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {gpu}"
 
 
-def bench_sweep(name: str, workers: int, storage: str | None = None,
-                n_trials: int | None = None) -> tuple[int, float]:  # fmt: skip
-    """Run sweep `name` (search only, no finalists) in a scratch folder under a fresh study
-    name, on `storage` (else a journal file there): (trials, seconds). A study made in a
-    shared database is deleted again afterwards."""
+def bench_sweep(name: str, workers: int, storage: str | None = None, n_trials: int | None = None,
+                overrides: list[str] | None = None) -> tuple[int, float]:  # fmt: skip
+    """Run sweep `name` (search only, no finalists; `overrides`: more Hydra overrides) in a
+    scratch folder under a fresh study name, on `storage` (else a journal file there):
+    (trials, seconds). A study made in a shared database is deleted again afterwards."""
     study_name = f"bench-{name}-w{workers}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -162,7 +162,7 @@ def bench_sweep(name: str, workers: int, storage: str | None = None,
             [sys.executable, "-m", "fmnist_lab.sweep", f"sweep={name}", f"workers={workers}",
              f"study_name={study_name}", "sweep.finalists.seeds=0",
              f"tracking.uri=sqlite:///{tmp}/mlflow.db", *([f"storage={storage}"] * bool(storage)),
-             *([f"sweep.budget.n_trials={n_trials}"] * bool(n_trials))],
+             *([f"sweep.budget.n_trials={n_trials}"] * bool(n_trials)), *(overrides or [])],
             cwd=tmp, capture_output=True, text=True,
         )  # fmt: skip
         if done.returncode != 0:
@@ -296,7 +296,11 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--repeat {args.repeat} must be at least 1")
     if args.time_to_acc is not None and not 0 < args.time_to_acc <= 1:
         raise UserError(f"--time-to-acc {args.time_to_acc} must be a fraction in (0, 1]")
-    kept = args.malloc == "keep" and keep_freed_memory()
+    malloc, unkept = "glibc", []
+    if args.malloc == "keep":
+        malloc = "keep" if keep_freed_memory() else "glibc (keep unavailable: not glibc)"
+    else:  # nor do the trainings and sweeps it starts
+        unkept = ["trainer.keep_freed_memory=false"]
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -313,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
           f"pytorch-lightning {pl.__version__}; {n} images, batch {args.batch_size}, "
           f"device {device}, channels_last {args.channels_last}, {' and '.join(args.precision)}, "
-          f"malloc {'keep' if kept else 'glibc'}"
+          f"malloc {malloc}"
           f"{f', best of {args.repeat}' if args.repeat > 1 else ''}")  # fmt: skip
     header = f"{'model':<21}{'params':>10}{'lightning':>12}{'plain':>12}{'dataloader':>12}"
     if args.model:
@@ -372,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"compiled/eager {times[True] / times[False]:.2f}x")  # fmt: skip
 
     if args.time_to_acc is not None:
-        clock = time_to_accuracy(args.time_to_acc, args.train_args, args.max_epochs)
+        clock = time_to_accuracy(args.time_to_acc, [*args.train_args, *unkept], args.max_epochs)
         print(f"\ntime to {args.time_to_acc:.1%} test accuracy, from scratch on all training "
               f"images ({' '.join(args.train_args) or 'the default model'}):")  # fmt: skip
         for epoch, seconds, acc in clock.curve:
@@ -387,7 +391,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nsweep '{args.sweep}' (search only, from a cold start of the command; "
               f"storage: {where}):")  # fmt: skip
         for workers in args.sweep_workers:
-            trials, seconds = bench_sweep(args.sweep, workers, args.storage, args.sweep_trials)
+            trials, seconds = bench_sweep(args.sweep, workers, args.storage, args.sweep_trials,
+                                          unkept)  # fmt: skip
             print(f"  workers={workers}: {trials} trials in {seconds:.0f} s = "
                   f"{trials / seconds * 3600:.0f} trials/hour")  # fmt: skip
 

@@ -185,7 +185,9 @@ def keep_freed_memory() -> bool:
     threshold, at most 32 MB) fresh from the kernel and unmaps it on free, so every training
     step faults its activations in again page by page: a third of the CPU time of a 20 M
     parameter CNN went to the kernel (docs/benchmarks.md). Kept, the heap is reused and the
-    process's footprint stays at its peak. False where the C library has no mallopt (not glibc).
+    process's footprint stays at its peak. Threads other than the main one still get blocks
+    over 64 MB from mmap (glibc's secondary arenas), and a preloaded jemalloc or tcmalloc
+    ignores the setting. False where the C library has no mallopt (not glibc).
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -193,6 +195,7 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
     # No block is mmapped (so none is unmapped on free), and the heap's top is not trimmed
     # until 2 GB of it are free.

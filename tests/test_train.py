@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -349,15 +350,19 @@ print(faults() - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is Linux's")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc")
 def test_kept_memory_is_not_faulted_in_again_at_every_step(make_cfg):
+    # glibc's own malloc, as configured by nothing but the code under test
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD"))}  # fmt: skip
     counts = {}
     for mode in ("keep", "default"):
         out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True,
-                             text=True, check=True)  # fmt: skip
+                             text=True, check=True, env=env)  # fmt: skip
         counts[mode] = int(out.stdout.split()[-1])
     # By default each free unmaps the block and each allocation faults 64 MB in again (16,384
-    # pages of 4 kB, fewer with huge pages); kept, the same memory is reused.
+    # pages of 4 kB; 32 of 2 MB where huge pages are always on); kept, the same memory is
+    # reused and nothing is faulted in (measured: 0 against 327,700).
     assert counts["default"] >= 20 * 30, counts
-    assert counts["keep"] < counts["default"] / 20, counts
+    assert counts["keep"] <= counts["default"] / 100, counts
     assert make_cfg().trainer.keep_freed_memory is True  # every training applies it
