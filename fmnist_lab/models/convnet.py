@@ -21,8 +21,27 @@ def conv(cin: int, cout: int, kernel_size: int, bias: bool, separable: bool) -> 
     )
 
 
+class PadChannels(nn.Module):
+    """A parameter-free shortcut to more channels: the input, then `extra` channels of zeros
+    (ResNet's option A), where a 1x1 projection would cost cin x cout weights."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__()
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
+SHORTCUTS = ("conv", "pad")
+
+
 class ConvBlock(nn.Module):
-    """`convs` x (conv, batch norm, ReLU), an optional residual shortcut, pooling, dropout."""
+    """`convs` x (conv, batch norm, ReLU), an optional residual shortcut, pooling, dropout.
+
+    Where the block changes the channel count the shortcut is a 1x1 convolution (`conv`) or
+    the input padded with zero channels (`pad`, no parameters; needs cout >= cin).
+    """
 
     def __init__(
         self,
@@ -35,8 +54,13 @@ class ConvBlock(nn.Module):
         pool: str,
         dropout: float,
         separable: bool = False,
+        shortcut: str = "conv",
     ) -> None:
         super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {', '.join(SHORTCUTS)}, not '{shortcut}'")
+        if residual and shortcut == "pad" and cout < cin:
+            raise ValueError(f"a 'pad' shortcut cannot narrow {cin} channels to {cout}")
         layers: list[nn.Module] = []
         for i in range(convs):
             cin_i = cin if i == 0 else cout
@@ -48,8 +72,12 @@ class ConvBlock(nn.Module):
                 layers.append(nn.ReLU(inplace=True))
         self.body = nn.Sequential(*layers)
         self.shortcut: nn.Module | None = None
-        if residual:
-            self.shortcut = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
+        if residual and cin == cout:
+            self.shortcut = nn.Identity()
+        elif residual and shortcut == "pad":
+            self.shortcut = PadChannels(cout - cin)
+        elif residual:
+            self.shortcut = nn.Conv2d(cin, cout, 1, bias=False)
         pools = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2), "none": nn.Identity()}
         if pool not in pools:
             raise ValueError(f"pool must be one of {', '.join(pools)}, not '{pool}'")
@@ -69,7 +97,9 @@ class ConvNet(nn.Module):
     `dropout` and `pool` take one value for every block or a list with one per block.
     `fc` lists the hidden FC sizes of the head; an empty list goes straight to the classes.
     `separable` makes every convolution with more than one input channel depthwise
-    separable, which buys width and depth for few parameters.
+    separable, which buys width and depth for few parameters. `shortcut` is how a residual
+    block that widens the image passes its input on: a 1x1 convolution (`conv`) or zero
+    channels added (`pad`, which spends none of the parameter budget).
     Raises ValueError when the blocks pool the image below 1 x 1.
     """
 
@@ -86,6 +116,7 @@ class ConvNet(nn.Module):
         fc: Sequence[int] = (128,),
         fc_dropout: float = 0.0,
         separable: bool = False,
+        shortcut: str = "conv",
         in_channels: int = 1,
         image_size: int = 28,
         num_classes: int = 10,
@@ -124,6 +155,7 @@ class ConvNet(nn.Module):
                     p,
                     drop,
                     separable,
+                    shortcut,
                 )
             )
             cin = cout
