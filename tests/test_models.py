@@ -85,6 +85,43 @@ def test_convnet_counts_follow_its_settings():
     assert count_params(whole) - count_params(sep) == 8 * 16 * 9 - (8 * 9 + 8 * 16)
 
 
+def test_pad_shortcut_passes_the_input_on_with_zero_channels_and_no_parameters(make_cfg):
+    """model.shortcut=pad: a widening residual block adds its input, zero-padded to the new
+    width, to the body's output; best_50k's three 1x1 projections (10,272 weights) go."""
+    best = make_cfg("experiment=best_50k").model
+    conv, pad = (
+        build_model(best),
+        build_model(make_cfg("experiment=best_50k", "model.shortcut=pad").model),
+    )
+    assert count_params(conv) - count_params(pad) == 1 * 32 + 32 * 64 + 64 * 128
+    assert (
+        count_params(
+            build_model(
+                make_cfg(
+                    "experiment=best_50k", "model.shortcut=pad", "model.filters=[36,72,152]"
+                ).model
+            )
+        )
+        == 49_326
+    )
+    block = pad.features[1]  # 32 -> 64 channels
+    x = torch.rand(2, 32, 14, 14)
+    assert torch.equal(block.shortcut(x)[:, :32], x) and not block.shortcut(x)[:, 32:].any()
+    for p in block.body.parameters():  # no body: the block is ReLU(pad(x)), pooled
+        torch.nn.init.zeros_(p)
+    expected = torch.nn.functional.max_pool2d(torch.cat([x, torch.zeros_like(x)], 1), 2)
+    assert torch.equal(block.eval()(x), expected)
+    pad.train()
+    pad(torch.rand(4, 1, 28, 28)).sum().backward()
+    assert all(p.grad is not None for p in pad.parameters())
+    with pytest.raises(UserError, match="shortcut must be one of conv, pad, not 'none'"):
+        build_model(make_cfg("model.residual=true", "model.shortcut=none").model)
+    with pytest.raises(UserError, match="a 'pad' shortcut cannot narrow 64 channels to 32"):
+        build_model(
+            make_cfg("model.residual=true", "model.shortcut=pad", "model.filters=[64,32]").model
+        )
+
+
 def test_keras_init_starts_the_weights_as_keras_layers_do(make_cfg):
     """model.init=keras: Glorot-uniform weights (+/- sqrt(6 / (fan_in + fan_out))), zero
     biases, the same parameters; the default keeps PyTorch's narrower draw."""
