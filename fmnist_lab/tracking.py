@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
+import os
 import subprocess
 import time
 import urllib.error
@@ -40,7 +42,8 @@ def configure(uri: str | None, experiment: str, patience_s: float = 0.0) -> None
         mlflow.set_tracking_uri(uri)
     check_server(mlflow.get_tracking_uri(), patience_s=patience_s)
     try:
-        found = mlflow.set_experiment(experiment)
+        with first_contact(mlflow.get_tracking_uri()):
+            found = mlflow.set_experiment(experiment)
         # When another process creates the experiment at the same moment, MLflow returns it
         # without making it the active one, and new runs would land in "Default".
         mlflow.set_experiment(experiment_id=found.experiment_id)
@@ -57,6 +60,26 @@ def configure(uri: str | None, experiment: str, patience_s: float = 0.0) -> None
             f"MLflow tracking at {mlflow.get_tracking_uri()} refused experiment "
             f"'{experiment}': {err.message}"
         ) from None
+
+
+@contextmanager
+def first_contact(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on a SQLite store's folder while this process first opens it.
+
+    MLflow creates and migrates a SQLite store's tables on first use, and processes doing so
+    at the same moment (seeds trained side by side on a new store) fail on each other's
+    tables; after the first, opening finds them and changes nothing."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 def check_server(uri: str, timeout_s: float = 5.0, patience_s: float = 0.0) -> None:

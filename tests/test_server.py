@@ -176,3 +176,32 @@ def test_basic_auth_needs_the_admin_password(tmp_path, monkeypatch):
 
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_processes_starting_at_once_on_a_new_sqlite_store_all_get_it(tmp_path):
+    """Seeds trained side by side (`reproduce --only-seeds`) on a store no process has made
+    yet: each first contact would create MLflow's tables, and two creating them at once failed
+    with 'duplicate column name'. All four processes, released at the same moment, must get
+    the store and the one experiment."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    go = tmp_path / "go"
+    script = (
+        "import pathlib, sys, time\n"
+        "from fmnist_lab import tracking\n"
+        "pathlib.Path(sys.argv[1]).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+        f"tracking.configure({uri!r}, 'side_by_side')\n"
+    )
+    ready = [tmp_path / f"ready{i}" for i in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(r)], stderr=subprocess.PIPE, text=True)
+        for r in ready
+    ]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(e[-600:] for e in errors)
+    names = [e.name for e in MlflowClient(uri).search_experiments()]
+    assert names.count("side_by_side") == 1
