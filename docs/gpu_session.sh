@@ -1,28 +1,43 @@
 #!/usr/bin/env bash
 # The results issue's GPU runs as one prepared call of the device tool (docs/results.md, "The
 # GPU session"): the trainings run at once on the one GPU, and the MLflow store they fill
-# comes back as one file.
+# comes back in pieces of at most 15 MB.
 #
 #   bash docs/gpu_session.sh fetch   # here, once: wheels for the GPU machine (Python 3.12,
 #                                    # which lacks MLflow, Optuna and Hydra) into .whl/, the
 #                                    # Fashion-MNIST files into .gpu_data/ (no network there)
 #   device run: command "bash docs/gpu_session.sh run", carry [".whl", ".gpu_data"],
-#               timeout_s 600; it returns $OUT/store.tar.gz (mlflow.db + mlruns/) and the logs
+#               timeout_s 590; it returns $OUT/store.tar.gz.part-* (mlflow.db + mlruns/),
+#               calibration.txt (the epochs chosen, last line), gpu_load.txt and the logs
 #   bash docs/gpu_session.sh unpack DIR   # here: that store into ./mlflow.db and ./mlruns/,
-#                                         # then reproduce --table-only and tta --recipe
+#                                         # then reproduce --table-only for each job
 #
-# SMOKE=1 ... run: the same jobs on this CPU for one epoch on 2 % of the images, to check the
-# script end to end before device time is spent on it.
+# SMOKE=1 PY=.venv/bin/python ... run: the same jobs on this CPU on 2 % of the images (the
+# real runs: one epoch), to check the script end to end before device time is spent on it;
+# add CALIBRATE_EPOCHS=2 TRAIN_END_S=1500 so that the CPU's slower epochs are not stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # One line a job: a recipe, the seeds to train (one process each), its overrides. The rule
 # that decides what these runs may change is written in docs/results.md before they run.
+# The 500 k budget's three candidate designs, all variations of conf/experiment/best_500k.yaml:
+# wide residual pairs (its own, 465,530 parameters), nine residual pairs in three stages of
+# 20/40/80 filters (ResNet-20's layout, 420,690) and residual triples 32-64-128 (492,426).
 JOBS=(
-  "best_50k|0 1 2|trainer.max_epochs=150"
+  "best_500k|0 1 2|"
+  "best_500k|0 1 2|model.filters=[20,20,20,40,40,40,80,80,80] model.pool=[none,none,max,none,none,max,none,none,none]"
+  "best_500k|0 1 2|model.filters=[32,64,128] model.convs_per_block=3"
 )
-LIMIT_S=${LIMIT_S:-480}   # each training is stopped after this long: the call's 600 s hold
-                          # the start, the set-up and the packing as well
+# The epochs are the most that fit the call, measured on the machine itself: all the jobs'
+# processes first train CALIBRATE_EPOCHS epochs at once into a scratch store, and the slowest
+# epoch and start-up seen there set the epochs of the real runs (a multiple of 10, at most
+# EPOCHS_MAX) so that they end TRAIN_END_S after the start of `run`; each is stopped at
+# TRAIN_END_S + KILL_MARGIN_S regardless, so the store still comes back inside the call.
+export EPOCHS_MAX=${EPOCHS_MAX:-200}
+export CALIBRATE_EPOCHS=${CALIBRATE_EPOCHS:-3}
+export TRAIN_END_S=${TRAIN_END_S:-470}
+export KILL_MARGIN_S=${KILL_MARGIN_S:-60}
+export AFTER_TRAINING_S=${AFTER_TRAINING_S:-25}   # a run's test, evaluation plots and model logging
 
 fetch() {
   local py=.venv/bin/python
@@ -51,9 +66,45 @@ fetch() {
   du -sh .whl .gpu_data
 }
 
+# Each job's processes, one per seed; "$@" are overrides added to every one.
+launch() {
+  local kind=$1 limit=$2; shift 2
+  local recipe seeds sets seed n=0
+  set -f  # the overrides' [..] are no globs
+  for job in "${JOBS[@]}"; do
+    IFS='|' read -r recipe seeds sets <<<"$job"
+    for seed in $seeds; do
+      n=$((n + 1))
+      if [ "$kind" = calibrate ]; then
+        # shellcheck disable=SC2086  # the overrides are words
+        timeout "$limit" $py -m fmnist_lab.train "experiment=$recipe" $sets "$@" seed="$seed" \
+          tracking.uri=sqlite:///$PWD/calibrate.db tracking.experiment="job$n" test=false \
+          evaluate=false log_model=false >"$logs/calibrate-$n.log" 2>&1 &
+      else
+        # shellcheck disable=SC2086
+        timeout "$limit" $py -m fmnist_lab.reproduce "$recipe" --seeds 3 --only-seeds "$seed" \
+          --set $sets "$@" >"$logs/$recipe-job$n-seed$seed.log" 2>&1 &
+      fi
+      pids+=($!)
+      sleep 0.5  # a new SQLite store is not made by several processes at once
+    done
+  done
+  set +f
+}
+
+wait_all() {
+  local failed=0 pid
+  for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+  pids=()
+  echo "$1 done at +$((SECONDS - t0)) s, $failed of $2 failed"
+}
+
 run() {
-  local py=${PY:-python3} out=${OUT:-outputs/gpu_session}
-  mkdir -p "$out" outputs/gpu_session/logs
+  t0=$SECONDS
+  py=${PY:-python3}
+  local out=${OUT:-outputs/gpu_session}
+  logs=outputs/gpu_session/logs
+  mkdir -p "$out" "$logs"
   if [ -d .whl ] && [ -z "${PY:-}" ]; then
     # The machine's torch (2.11) is older than pyproject's floor: the package runs from the
     # checkout, its missing dependencies from the wheels.
@@ -63,40 +114,89 @@ run() {
   fi
   [ -d .gpu_data ] && export FMNIST_LAB_DATA=${FMNIST_LAB_DATA:-$PWD/.gpu_data}
   export MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db PYTHONUNBUFFERED=1
-  local extra=() threads=$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))
-  [ "${SMOKE:-0}" = 1 ] && extra=(trainer.max_epochs=1 data.train_fraction=0.02) threads=1
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
+  local extra=(trainer.threads=1 trainer.progress_bar=false) processes=0 job
+  [ "${SMOKE:-0}" = 1 ] && extra+=(data.train_fraction=0.02)
+  for job in "${JOBS[@]}"; do
+    IFS='|' read -r _ seeds _ <<<"$job"; processes=$((processes + $(wc -w <<<"$seeds")))
+  done
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $py -c "import torch, pytorch_lightning as pl, mlflow; print('torch', torch.__version__, \
 'cuda', torch.cuda.is_available(), 'lightning', pl.__version__, 'mlflow', mlflow.__version__)"
-  local pids=() recipe seeds sets seed
-  for job in "${JOBS[@]}"; do
-    IFS='|' read -r recipe seeds sets <<<"$job"
-    for seed in $seeds; do
-      # shellcheck disable=SC2086  # the overrides are words
-      timeout "$LIMIT_S" $py -m fmnist_lab.reproduce "$recipe" --seeds 3 --only-seeds "$seed" \
-        --set $sets "${extra[@]}" trainer.threads=$threads trainer.progress_bar=false \
-        >"outputs/gpu_session/logs/$recipe-$seed.log" 2>&1 &
-      pids+=($!)
-    done
-  done
-  local failed=0
-  for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
-  echo "trainings done at $(date -u +%H:%M:%S), $failed of ${#pids[@]} did not finish"
-  for job in "${JOBS[@]}"; do
-    IFS='|' read -r recipe seeds sets <<<"$job"
-    # shellcheck disable=SC2086
-    $py -m fmnist_lab.reproduce "$recipe" --seeds 3 --table-only --set $sets "${extra[@]}" || true
-  done
-  tail -n 3 outputs/gpu_session/logs/*.log
-  tar -czf "$out/store.tar.gz" mlflow.db mlruns
+  echo "set up at +$((SECONDS - t0)) s; $processes processes, $(nproc) CPU cores"
+
+  pids=()
+  rm -f calibrate.db
+  local started=$SECONDS
+  launch calibrate $((TRAIN_END_S / 3)) "${extra[@]}" trainer.max_epochs="$CALIBRATE_EPOCHS"
+  wait_all calibration "$processes"
+  local wall=$((SECONDS - started))
+  local epochs
+  epochs=$($py - "$wall" "$((TRAIN_END_S - (SECONDS - t0)))" <<'EOF' | tee "$out/calibration.txt" | tail -n 1
+import os, sys
+from mlflow import MlflowClient
+wall, left = float(sys.argv[1]), float(sys.argv[2])
+calibrate, most = int(os.environ["CALIBRATE_EPOCHS"]), int(os.environ["EPOCHS_MAX"])
+after = float(os.environ["AFTER_TRAINING_S"])
+client, slowest = MlflowClient("sqlite:///calibrate.db"), []
+for exp in sorted(client.search_experiments(), key=lambda e: e.name):
+    for run in client.search_runs([exp.experiment_id]):
+        stamps = sorted(m.timestamp for m in client.get_metric_history(run.info.run_id, "val_acc"))
+        if len(stamps) < 2:
+            continue
+        epoch = (stamps[-1] - stamps[0]) / 1000 / (len(stamps) - 1)
+        slowest.append(epoch)
+        print(f"{exp.name} {run.data.params.get('model.filters')} convs "
+              f"{run.data.params.get('model.convs_per_block')}: {epoch:.2f} s an epoch "
+              f"(after the first), {run.data.metrics.get('params', 0):.0f} params")
+if not slowest:
+    print("calibration: no run finished two epochs")
+    print(0)
+    sys.exit()
+epoch = max(slowest)
+# The calibration's wall time less its epochs is what start-up, data and the first epoch's
+# cuDNN search cost each process; the real runs pay it again, and their test after training.
+overhead = max(wall - calibrate * epoch, 0.0)
+fit = (left - overhead - after) / epoch
+print(f"calibration: {wall:.0f} s wall for {calibrate} epochs, slowest {epoch:.2f} s an epoch, "
+      f"overhead {overhead:.0f} s, {left:.0f} s left: {fit:.0f} epochs fit")
+print(max(0, min(most, int(fit // 10 * 10))))
+EOF
+) || epochs=0
+  cat "$out/calibration.txt"
+  [ "${SMOKE:-0}" = 1 ] && epochs=1
+  if [ "${epochs:-0}" -lt 10 ] && [ "${SMOKE:-0}" != 1 ]; then
+    echo "fewer than 10 epochs fit: no real runs" >&2
+    tail -n 5 "$logs"/calibrate-*.log
+  else
+    echo "real runs: $epochs epochs each, started at +$((SECONDS - t0)) s"
+    launch reproduce $((TRAIN_END_S + KILL_MARGIN_S - (SECONDS - t0))) "${extra[@]}" \
+      trainer.max_epochs="$epochs"
+    (sleep 90; command -v nvidia-smi >/dev/null && nvidia-smi \
+      --query-gpu=utilization.gpu,memory.used,power.draw --format=csv >"$out/gpu_load.txt") &
+    wait_all "real runs" "$processes"
+    # The runs as they came out (the tables: `unpack`, here, where time is not counted).
+    $py - <<'EOF' || true
+from mlflow import MlflowClient
+client = MlflowClient()
+exp = client.get_experiment_by_name("references")
+for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]):
+    p, m = run.data.params, run.data.metrics
+    print(f"{run.info.status:8} {p.get('model.filters')} x{p.get('model.convs_per_block')} "
+          f"seed {p.get('seed')}: {m.get('params', 0):.0f} params, val {m.get('val_acc', 0):.4f}, "
+          f"test {m.get('test_acc', 0):.4f}, {m.get('train_time_s', 0):.0f} s")
+EOF
+  fi
+  # In pieces: the device tool brings back files of at most 16 MiB.
+  [ -e mlflow.db ] && tar -czf - mlflow.db mlruns | split -b 15M - "$out/store.tar.gz.part-"
   tar -czf "$out/logs.tar.gz" -C outputs/gpu_session logs
   ls -l "$out"
+  echo "ended at +$((SECONDS - t0)) s"
 }
 
 unpack() {
   local dir=${1:?unpack needs the folder the files of the device call came back in}
   [ -e mlflow.db ] && { echo "./mlflow.db exists: move it away first" >&2; exit 2; }
-  tar -xzf "$dir/store.tar.gz"
+  cat "$dir"/store.tar.gz.part-* | tar -xzf -
   # The store names its artifacts by the device's absolute paths; here they lie in ./mlruns.
   .venv/bin/python - <<'EOF'
 import os, sqlite3
@@ -111,10 +211,15 @@ for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
 db.commit()
 print(f"artifact paths: {old} -> {new}")
 EOF
+  # The epochs the calibration chose: the last line of calibration.txt.
+  local epochs recipe seeds sets
+  epochs=$(tail -n 1 "$dir/calibration.txt")
+  set -f
   for job in "${JOBS[@]}"; do
     IFS='|' read -r recipe seeds sets <<<"$job"
     # shellcheck disable=SC2086
-    .venv/bin/python -m fmnist_lab.reproduce "$recipe" --seeds 3 --table-only --set $sets
+    .venv/bin/python -m fmnist_lab.reproduce "$recipe" --seeds 3 --table-only \
+      --set $sets trainer.max_epochs="$epochs"
   done
 }
 
