@@ -38,6 +38,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -119,8 +120,7 @@ def _ended_stale(grace_s: int):
             return
         worker = trial.user_attrs.get("worker", "its worker")
         reason = f"no heartbeat from {worker} for over {grace_s} s (the process or machine died)"
-        mark_trial_run(mlflow.get_tracking_uri(), parent_id, study, trial.number,
-                       trial.user_attrs.get("mlflow_run_id"), TrialState.FAIL, reason)  # fmt: skip
+        mark_trial_run(mlflow.get_tracking_uri(), parent_id, study, trial, TrialState.FAIL, reason)
         print(f"trial {trial.number}: FAIL, {reason}", flush=True)
 
     return callback
@@ -249,23 +249,55 @@ def study_lock(cfg: DictConfig, purpose: str, wait: bool = True) -> Iterator[boo
         yield True
 
 
-def fail_dead_trials(study: optuna.Study, tracking_uri: str, parent_id: str) -> list[int]:
+def fail_dead_trials(ctx: WorkerContext, study: optuna.Study) -> list[int]:
     """Mark FAIL the RUNNING trials whose worker process on this machine is gone (a killed
-    sweep), and their MLflow runs FAILED; other machines' trials are left to heartbeats."""
+    sweep), and their MLflow runs FAILED (one is recorded for a trial cut before its run
+    existed); other machines' trials are left to heartbeats."""
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        host, _, pid = trial.user_attrs.get("worker", ":").rpartition(":")
-        if host != HOST or not pid.isdigit() or _alive(int(pid)):
-            continue
-        reason = "its worker process died (killed sweep); failed on resume"
-        optuna.Trial(study, trial._trial_id).set_user_attr("reason", reason)
-        study.tell(trial.number, state=TrialState.FAIL)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        mark_trial_run(tracking_uri, parent_id, study, trial.number, run_id, TrialState.FAIL,
-                       reason)  # fmt: skip
-        failed.append(trial.number)
+    # Under the lock that a worker holds from asking for a trial until it notes itself on it,
+    # a RUNNING trial without a worker was left by one killed in between.
+    with study_lock(ctx.cfg, "trials"):
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if "worker" in trial.user_attrs and not _dead_here(trial):
+                continue
+            reason = "its worker process died (killed sweep); failed on resume"
+            optuna.Trial(study, trial._trial_id).set_user_attr("reason", reason)
+            study.tell(trial.number, state=TrialState.FAIL)
+            mark_trial_run(ctx.tracking_uri, ctx.parent_run_id, study, trial, TrialState.FAIL,
+                           reason, ctx)  # fmt: skip
+            failed.append(trial.number)
     optuna.storages.fail_stale_trials(study)  # other machines' dead trials (RDB storages)
     return failed
+
+
+def record_missing_runs(ctx: WorkerContext, study: optuna.Study) -> list[int]:
+    """Give each finished trial whose worker process on this machine is gone its MLflow run in
+    the trial's final state, where that process could not: one cut by Ctrl-C or killed after
+    the study heard how the trial ended, but before its run was recorded or ended. Runs that
+    exist are tagged and ended, never made twice. Returns the trials' numbers."""
+    client = MlflowClient(ctx.tracking_uri)
+    runs: dict[int, list] = {}
+    for run in trial_runs(client, ctx.parent_run_id, study.study_name):
+        runs.setdefault(int(run.data.tags["optuna.trial"]), []).append(run)
+    repaired = []
+    for trial in study.get_trials(deepcopy=False):
+        if not trial.state.is_finished() or not _dead_here(trial):
+            continue
+        found = runs.get(trial.number, [])
+        if found and all(r.info.status != "RUNNING"
+                         and r.data.tags.get("optuna.state") == trial.state.name
+                         for r in found):  # fmt: skip
+            continue
+        mark_trial_run(ctx.tracking_uri, ctx.parent_run_id, study, trial, trial.state,
+                       trial.user_attrs.get("reason"), ctx)  # fmt: skip
+        repaired.append(trial.number)
+    return repaired
+
+
+def _dead_here(trial: FrozenTrial) -> bool:
+    """Whether the trial's worker process ran on this machine and is gone."""
+    host, _, pid = trial.user_attrs.get("worker", ":").rpartition(":")
+    return host == HOST and pid.isdigit() and not _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:
@@ -406,8 +438,7 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     trial.set_user_attr("overrides", overrides)
     if spec.constraints.min_val_acc is not None:
         trial.set_user_attr("min_val_acc", float(spec.constraints.min_val_acc))
-    cfg = ctx.trial_config(overrides, "test=false", "trainer.progress_bar=false",
-                           f"log_model={spec.log_models}")  # fmt: skip
+    cfg = trial_run_config(ctx, overrides)
     tags = {"role": "trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number)}
 
     # Checks that need no training: the model must exist and fit the parameter budget.
@@ -453,6 +484,12 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     values = [n_params if o.metric == "params" else result.metrics[o.metric]
               for o in spec.objectives]  # fmt: skip
     finish(study, trial, TrialState.COMPLETE, None, ctx, values)
+
+
+def trial_run_config(ctx: WorkerContext, overrides: Sequence[str]) -> DictConfig:
+    """The training config of a trial's run: its overrides, validated, never tested."""
+    return ctx.trial_config(overrides, "test=false", "trainer.progress_bar=false",
+                            f"log_model={ctx.spec.log_models}")  # fmt: skip
 
 
 @contextmanager
@@ -502,34 +539,29 @@ def finish(study, trial, state: TrialState, reason: str | None, ctx: WorkerConte
     """Tell the study, and tag the trial's MLflow run with the final state and reason."""
     if reason:
         trial.set_user_attr("reason", reason)
-    run_id = trial.user_attrs.get("mlflow_run_id")
     study.tell(trial, values=values, state=state)
-    mark_trial_run(ctx.tracking_uri, ctx.parent_run_id, study, trial.number, run_id, state, reason)
+    mark_trial_run(ctx.tracking_uri, ctx.parent_run_id, study, trial, state, reason, ctx)
 
 
-def mark_trial_run(uri: str, parent_id: str, study: optuna.Study, number: int,
-                   run_id: str | None, state: TrialState, reason: str | None) -> None:  # fmt: skip
+def mark_trial_run(
+    uri: str, parent_id: str, study: optuna.Study, trial: FrozenTrial | optuna.Trial,
+    state: TrialState, reason: str | None, ctx: WorkerContext | None = None,
+) -> None:  # fmt: skip
     """Tag a trial's child run with its final state, and end it if it is still RUNNING.
 
     Without a recorded run id (the trial was cut before it noted one) the run is looked up by
-    its tags; a trial that never got as far as a run gets one saying so, so every trial has one.
+    its tags; a trial that never got as far as a run gets one saying so, so every trial has one
+    (with `ctx`, it carries the trial's config and size like a trained trial's run).
     """
     client = MlflowClient(uri)
+    run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id is not None:
         run_ids = [run_id]
     else:
-        experiment_id = client.get_run(parent_id).info.experiment_id
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`optuna.study` = '{study.study_name}' and tags.role = 'trial' "
-            f"and tags.`optuna.trial` = '{number}'",
-        )
-        run_ids = [r.info.run_id for r in found]
+        run_ids = [r.info.run_id for r in trial_runs(client, parent_id, study.study_name,
+                                                     trial.number)]  # fmt: skip
         if not run_ids:
-            tags = {"mlflow.parentRunId": parent_id, "role": "trial",
-                    "optuna.study": study.study_name, "optuna.trial": str(number)}  # fmt: skip
-            run_ids = [client.create_run(experiment_id, tags=tags, run_name=f"trial-{number}")
-                       .info.run_id]  # fmt: skip
+            run_ids = [create_trial_run(client, parent_id, study.study_name, trial, ctx)]
     interrupted = reason is not None and reason.startswith("interrupted")
     status = "FINISHED" if state != TrialState.FAIL else "KILLED" if interrupted else "FAILED"
     for rid in run_ids:
@@ -540,6 +572,57 @@ def mark_trial_run(uri: str, parent_id: str, study: optuna.Study, number: int,
             if reason:
                 client.set_tag(rid, "failure_reason", reason[:5000])
             client.set_terminated(rid, status)
+
+
+def trial_runs(client: MlflowClient, parent_id: str, study_name: str,
+               number: int | None = None) -> list:  # fmt: skip
+    """The study's trial runs (of trial `number` only, given one), children of its parent run."""
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    query = (f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.role = 'trial' "
+             f"and tags.`optuna.study` = '{study_name}'")  # fmt: skip
+    if number is not None:
+        query += f" and tags.`optuna.trial` = '{number}'"
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            return runs
+
+
+def create_trial_run(
+    client: MlflowClient, parent_id: str, study_name: str, trial: FrozenTrial | optuna.Trial,
+    ctx: WorkerContext | None,
+) -> str:  # fmt: skip
+    """A run for a trial that ended before its own was made: the tags of a trial's run and,
+    where the trial got that far and `ctx` is given, its config and parameter count."""
+    attrs = trial.user_attrs
+    tags = {"mlflow.parentRunId": parent_id, "role": "trial", "optuna.study": study_name,
+            "optuna.trial": str(trial.number)}  # fmt: skip
+    cfg = None
+    if ctx is not None and "overrides" in attrs:
+        try:
+            cfg = trial_run_config(ctx, attrs["overrides"])
+        except Exception:  # the sweep file changed since: the run goes without the config
+            cfg = None
+    name = f"trial-{trial.number}"
+    if cfg is not None:
+        tags |= {"dataset": cfg.data.name, "model": cfg.model.name}
+        size = tracking.human_count(attrs["params"]) if "params" in attrs else "invalid"
+        name = f"t{trial.number}-{cfg.model.name}-{size}"
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+    if cfg is not None:
+        params = [Param(k, v) for k, v in tracking.flatten(
+            OmegaConf.to_container(cfg, resolve=True)).items()]  # fmt: skip
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 in one batch
+            client.log_batch(run_id, params=params[i : i + 100])
+        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    if "params" in attrs:
+        client.log_param(run_id, "params", attrs["params"])
+        client.log_metric(run_id, "params", attrs["params"])
+    return run_id
 
 
 def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
@@ -555,12 +638,27 @@ def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
             return None
         if stop_condition_met(spec, trials):
             return None
-        trial = study.ask()
-        # Noted under the lock, so a killed sweep never leaves a RUNNING trial without owner.
-        trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
+        # Noted under the lock, so that a RUNNING trial without owner is known to be one whose
+        # worker was killed in between (fail_dead_trials); a Ctrl-C waits until it is noted.
+        with sigint_held():
+            trial = study.ask()
+            trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
         if _beats(study):  # from its first moment, so that a machine dying now is noticed
             study._storage.record_heartbeat(trial._trial_id)
         return trial
+
+
+@contextmanager
+def sigint_held() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives in the block until its end (main thread only)."""
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # now handled as it would have been
 
 
 def stop_condition_met(spec: DictConfig, trials: Sequence[FrozenTrial]) -> bool:
@@ -602,17 +700,34 @@ def worker_main(
     )
     # Seeded by worker and by how far the study is, so no two draw the same samples.
     study.sampler = make_sampler(cfg.sweep, offset=7919 * index + len(study.trials))
-    trial = None
     try:
         while (trial := next_trial(ctx, study)) is not None:
             with heartbeat(study, trial):
                 run_trial(ctx, study, trial)
+        return
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
-        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        if trial is not None and trial.number in running:
-            finish(study, trial, TrialState.FAIL, "interrupted (Ctrl-C)", ctx)
-        sys.exit(130)
+    # Out of the except block, so that the frames of an MLflow call the Ctrl-C cut short can
+    # be freed, and with them the lock they may hold on a SQLite store.
+    tracking.release_interrupted_call()
+    end_interrupted_trials(ctx, study)
+    sys.exit(130)
+
+
+def end_interrupted_trials(ctx: WorkerContext, study: optuna.Study) -> None:
+    """After a Ctrl-C in a worker: each RUNNING trial of this process (also one it had just
+    asked for) ends FAIL, its run KILLED. A run that cannot be recorded now is recorded by
+    the sweep when its workers have stopped (record_missing_runs)."""
+    me = f"{HOST}:{os.getpid()}"
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("worker") != me:
+            continue
+        try:
+            finish(study, optuna.Trial(study, t._trial_id), TrialState.FAIL,
+                   "interrupted (Ctrl-C)", ctx)  # fmt: skip
+        except MlflowException as err:
+            print(f"trial {t.number}: FAIL; its MLflow run is recorded when the sweep stops "
+                  f"({err.message[:200]})", flush=True)  # fmt: skip
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -699,12 +814,18 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
         enqueue_warm_start(study, warm_start_entries(spec))
         parent = open_parent_run(cfg, study)
     parent_id = parent.info.run_id
+    ctx = WorkerContext(cfg, list(overrides), parent_id, mlflow.get_tracking_uri(), None)
     finalists: list[Finalist] | None = None
+    interrupted = False
     try:
-        failed = fail_dead_trials(study, mlflow.get_tracking_uri(), parent_id)
+        failed = fail_dead_trials(ctx, study)
         if failed:
             print(f"resuming: trials {failed} were left running by a killed sweep; now FAIL")
+        recorded = record_missing_runs(ctx, study)
+        if recorded:
+            print(f"resuming: the MLflow runs of trials {recorded} recorded in their final state")
         search(cfg, list(overrides), study, parent_id)
+        record_missing_runs(ctx, study)  # of trials whose worker could not record them
         # The finalists are trained once, by the first process (of any machine) whose search
         # ends, after the trials still running elsewhere; the others wait for it under the
         # same lock, then find them done, so every machine's command ends with the results.
@@ -716,11 +837,15 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
             with study_lock(cfg, "finalists"):
                 finalists = close_study(cfg, overrides, study, parent_id)
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
+        interrupted = True
     except BaseException:
         mlflow.end_run("FAILED")
         raise
+    if interrupted:  # handled out of the except block: see tracking.release_interrupted_call
+        tracking.release_interrupted_call()
+        record_missing_runs(ctx, study)  # the workers have stopped: what they could not record
+        mlflow.end_run("KILLED")
+        raise KeyboardInterrupt
     mlflow.end_run("FINISHED")
     print_finalists(finalists, spec.finalists)
     return SweepResult(cfg.study_name, parent_id, study.get_trials(), finalists)
@@ -803,24 +928,28 @@ def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id
     for w in workers:
         w.start()
     progress = Progress(study, spec)
+    interrupted = False
     try:
         while any(w.is_alive() for w in workers):
             time.sleep(1)
             progress.update()
     except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:
+        # Out of the except block: an MLflow call cut short here lets go of the store before
+        # the workers record their trials (tracking.release_interrupted_call).
+        tracking.release_interrupted_call()
         for w in workers:  # the terminal may have sent it to them too; once more is harmless
             if w.is_alive():
                 os.kill(w.pid, signal.SIGINT)
         for w in workers:
             w.join(timeout=120)
-        progress.update()
-        progress.close()
-        raise
-    for w in workers:
-        w.join()
+    else:
+        for w in workers:
+            w.join()
     progress.update()
     progress.close()
-    if any(w.exitcode == 130 for w in workers):
+    if interrupted or any(w.exitcode == 130 for w in workers):
         raise KeyboardInterrupt
     crashed = [w.exitcode for w in workers if w.exitcode != 0]
     if crashed:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import gc
 import json
 import os
 import subprocess
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -251,14 +253,33 @@ def tracked_run(
         mlflow.log_params(flatten(resolved))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         yield run
-    except KeyboardInterrupt:
-        _end_run("KILLED", "interrupted (Ctrl-C)")
+    except KeyboardInterrupt as err:
+        release_interrupted_call(err)
+        try:
+            _end_run("KILLED", "interrupted (Ctrl-C)")
+        except MlflowException:
+            pass  # the store is still held; a sweep records the run when it stops, or on resume
         raise
     except BaseException as err:
         _end_run("FAILED", f"{type(err).__name__}: {err}")
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def release_interrupted_call(err: BaseException | None = None) -> None:
+    """Free what an MLflow call cut short by Ctrl-C still holds, so that runs can be ended.
+
+    The frames of the cut call, kept alive by the KeyboardInterrupt's traceback (in a reference
+    cycle), can hold a SQLite store's cursor open and with it a lock on the whole store: every
+    write, from this process or another, then waits out MLflow's 20 s busy timeout and fails
+    with "database is locked". Given the exception (while it is being handled), its finished
+    frames are cleared; call it without one once the except block is left.
+    """
+    while err is not None:
+        traceback.clear_frames(err.__traceback__)  # frames still running are left as they are
+        err = err.__context__
+    gc.collect()
 
 
 def _end_run(status: str, reason: str) -> None:

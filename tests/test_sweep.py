@@ -21,11 +21,15 @@ from optuna.trial import TrialState
 from fmnist_lab import report
 from fmnist_lab.errors import UserError
 from fmnist_lab.sweep import (
+    HOST,
     WorkerContext,
+    fail_dead_trials,
     gpu_count,
     gpu_for_worker,
+    load_study,
     make_pruner,
     make_sampler,
+    record_missing_runs,
     select_finalists,
 )
 
@@ -431,6 +435,77 @@ def test_interrupt_kill_and_resume_finish_exactly_n_trials(sweep_env):
     assert all(r.info.status != "RUNNING" for runs in roles.values() for r in runs)
     assert len(roles["study"]) == 1 and roles["study"][0].info.status == "FINISHED"
     assert len(roles["trial"]) == 6
+
+
+def dead_pid() -> int:
+    """The id of a process of this machine that has ended: a killed worker."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_resume_records_a_run_for_every_trial_its_worker_left_without_one(sweep_env):
+    """The windows between a trial's start in Optuna and its run in MLflow, each left as a
+    worker leaves it, in the real journal and MLflow store; resuming records every run once."""
+    tmp_path, uri, args = sweep_env
+    overrides = ["sweep=quick", *args, "sweep.budget.n_trials=4", "sweep.finalists.seeds=0"]
+    cfg = compose_sweep(*overrides, f"output_dir={tmp_path / 'outputs' / 'sweeps' / 'quick'}")
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("quick")
+    parent_id = client.create_run(experiment_id, tags={"role": "study"}).info.run_id
+    study = load_study(cfg)
+    study.set_user_attr("mlflow_parent_run_id", parent_id)
+    worker = f"{HOST}:{dead_pid()}"
+    sampled = ["model.filters=[8,16]", "model.dropout=0.1", "model.head=gap", "model.fc=[]",
+               "optimizer.lr=0.003"]  # fmt: skip
+
+    # 0: Ctrl-C; Optuna heard FAIL, but the MLflow store was still locked by the cut call
+    # (the CI failure): the trial had no run yet, and its worker could not record one.
+    cut = study.ask()
+    for key, value in {"worker": worker, "overrides": sampled, "params": 5_402,
+                       "reason": "interrupted (Ctrl-C)"}.items():  # fmt: skip
+        cut.set_user_attr(key, value)
+    study.tell(cut, state=TrialState.FAIL)
+    # 1: kill -9 before its run existed; 2: kill -9 between ask and noting its worker.
+    study.ask().set_user_attr("worker", worker)
+    study.ask()
+    # 3: trained, Optuna told COMPLETE, killed before its run was tagged and ended.
+    trained = study.ask()
+    for key, value in {"worker": worker, "overrides": sampled, "params": 5_402,
+                       "val_acc": 0.8}.items():  # fmt: skip
+        trained.set_user_attr(key, value)
+    run_id = client.create_run(experiment_id, tags={
+        "mlflow.parentRunId": parent_id, "role": "trial", "optuna.study": "quick",
+        "optuna.trial": "3"}).info.run_id  # fmt: skip
+    client.log_metric(run_id, "val_acc", 0.8)
+    trained.set_user_attr("mlflow_run_id", run_id)
+    study.tell(trained, [0.8, 5_402])
+
+    # The same command resumes: nothing is left to train (4 trials), every trial gets its run.
+    result = run_cli("fmnist_lab.sweep", *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming: trials [1, 2] were left running by a killed sweep" in result.stdout
+    assert "resuming: the MLflow runs of trials [0, 3] recorded" in result.stdout
+    trials = load(tmp_path, "quick").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
+    runs = {int(r.data.tags["optuna.trial"]): r for r in runs_by_role(uri, "quick")["trial"]}
+    assert len(runs_by_role(uri, "quick")["trial"]) == 4 and sorted(runs) == [0, 1, 2, 3]
+    for number, run in runs.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["optuna.state"] == trials[number].state.name
+        assert run.data.tags.get("optuna.reason") == trials[number].user_attrs.get("reason")
+    assert [runs[n].info.status for n in range(4)] == ["KILLED", "FAILED", "FAILED", "FINISHED"]
+    # What a trained trial's run says of itself, as far as the trial got: config and size.
+    assert runs[0].info.run_name == "t0-convnet-5k"
+    assert runs[0].data.params["model.filters"] == "[8, 16]" and runs[0].data.params["params"]
+    assert runs[0].data.tags["failure_reason"] == "interrupted (Ctrl-C)"
+    assert "worker process died" in runs[1].data.tags["optuna.reason"]
+    assert runs[3].info.run_id == run_id and runs[3].data.metrics["val_acc"] == 0.8
+
+    # Nothing is recorded twice: a second look finds every trial recorded.
+    ctx = WorkerContext(cfg, overrides, parent_id, uri, None)
+    assert fail_dead_trials(ctx, study) == [] and record_missing_runs(ctx, study) == []
+    assert len(runs_by_role(uri, "quick")["trial"]) == 4
 
 
 def test_two_workers_on_a_postgresql_storage_finish_exactly_n_trials(sweep_env, postgres_url):
