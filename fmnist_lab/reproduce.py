@@ -244,8 +244,6 @@ def table_rows(known: dict[str, DictConfig], names: Sequence[str], seeds: int,
 
 def render(rows: Sequence[Row], fmt: str) -> str:
     """The table as aligned text or Markdown, with the footnote for the marked rows."""
-    from fmnist_lab.report import markdown
-
     records = []
     for r in rows:
         ours = f"{r.runs} runs, no test_acc" if r.runs else "not run"
@@ -268,6 +266,10 @@ def render(rows: Sequence[Row], fmt: str) -> str:
         })  # fmt: skip
     frame = pd.DataFrame(records)
     if fmt == "markdown":
+        # The report module imports plotly, which training alone does not need (the GPU
+        # session's machine lacks it), so only the Markdown table pays for it.
+        from fmnist_lab.report import markdown
+
         table = markdown(frame, left=("ref", "recipe"))
     else:
         table = frame.to_string(index=False, justify="left")
