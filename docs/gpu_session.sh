@@ -8,7 +8,9 @@
 #                                    # Fashion-MNIST files into .gpu_data/ (no network there)
 #   device run: command "bash docs/gpu_session.sh run", carry [".whl", ".gpu_data"],
 #               timeout_s 590; it returns $OUT/store.tar.gz.part-* (mlflow.db + mlruns/),
-#               calibration.txt (the epochs chosen, last line), gpu_load.txt and the logs
+#               calibration.txt (the epochs chosen, last line), runs.txt (each run's figures:
+#               commit it at once, the pieces last only as long as the session), gpu_load.txt
+#               and the logs
 #   bash docs/gpu_session.sh unpack DIR   # here: that store into ./mlflow.db and ./mlruns/,
 #                                         # then reproduce --table-only for each job
 #
@@ -65,9 +67,15 @@ fetch() {
     "import importlib.metadata as m; print(m.version('antlr4-python3-runtime'))")"
   # The MLflow UI's JavaScript (8 MB) is not needed to train: without it, the wheels, the data
   # and the tree fit the 64 MiB that the device tool carries.
-  zip -q -d .whl/mlflow-[0-9]*.whl 'mlflow/server/js/*' || true
+  zip -q -d .whl/mlflow-[0-9]*.whl 'mlflow/server/js/*' \
+    || echo "warning: the MLflow wheel keeps its UI (is zip installed?)" >&2
   cp "${FMNIST_LAB_DATA:-../shared/data}"/fashion-mnist/*.gz .gpu_data/fashion-mnist/
   du -sh .whl .gpu_data
+  local mib
+  mib=$(( ($(git ls-files -z | du -cb --files0-from=- | tail -n 1 | cut -f1) \
+    + $(du -sb .whl .gpu_data | awk '{s += $1} END {print s}')) / 1048576 ))
+  echo "$mib MiB with the tree (the device tool carries at most 64)"
+  [ "$mib" -lt 64 ] || { echo "too large to carry" >&2; exit 1; }
 }
 
 # Each job's processes, one per seed; "$@" are overrides added to every one.

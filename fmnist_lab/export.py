@@ -1,7 +1,7 @@
 """`python -m fmnist_lab.export`: a sweep's finalist as an experiment file, so that
 `python -m fmnist_lab.train experiment=<name>` trains exactly that model with that recipe.
 
-    python -m fmnist_lab.export --study min_params_94 best_50k=50000 best_500k=500000
+    python -m fmnist_lab.export --study min_params_94 study_50k=50000 study_500k=500000
 
 For each NAME=MAX_PARAMS the finalist with the highest validation accuracy (its trial's:
 selection never looks at the test set) among those with at most MAX_PARAMS parameters is
