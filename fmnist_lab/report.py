@@ -33,6 +33,7 @@ from mlflow.entities import Run  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from fmnist_lab import tracking  # noqa: E402
 from fmnist_lab.data import PRETTY  # noqa: E402
 from fmnist_lab.errors import UserError, exit_cleanly  # noqa: E402
 from fmnist_lab.sweep import open_storage  # noqa: E402
@@ -95,7 +96,7 @@ def study_parent(client: MlflowClient, study: str) -> Run:
 
 
 def study_runs(client: MlflowClient, parent: Run) -> list[Run]:
-    return _all_runs(
+    return tracking.all_runs(
         client, [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
 
@@ -104,17 +105,7 @@ def experiment_runs(client: MlflowClient, name: str) -> list[Run]:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise UserError(f"no experiment '{name}' at {mlflow.get_tracking_uri()}")
-    return _all_runs(client, [experiment.experiment_id], "")
-
-
-def _all_runs(client: MlflowClient, experiments: list[str], filter_string: str) -> list[Run]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiments, filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return tracking.all_runs(client, [experiment.experiment_id], "")
 
 
 def to_row(run: Run, named: bool = False) -> Row | None:

@@ -582,13 +582,7 @@ def trial_runs(client: MlflowClient, parent_id: str, study_name: str,
              f"and tags.`optuna.study` = '{study_name}'")  # fmt: skip
     if number is not None:
         query += f" and tags.`optuna.trial` = '{number}'"
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
-        runs += page
-        token = page.token
-        if not token:
-            return runs
+    return tracking.all_runs(client, [experiment_id], query)
 
 
 def create_trial_run(

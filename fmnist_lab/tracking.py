@@ -267,6 +267,17 @@ def tracked_run(
         mlflow.end_run("FINISHED")
 
 
+def all_runs(client: mlflow.MlflowClient, experiments: list[str], filter_string: str) -> list:
+    """Every run of the experiments that matches the filter, page after page."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiments, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def release_interrupted_call(err: BaseException | None = None) -> None:
     """Free what an MLflow call cut short by Ctrl-C still holds, so that runs can be ended.
 
