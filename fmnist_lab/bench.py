@@ -38,7 +38,7 @@ from fmnist_lab.data import IDX_DATASETS, DataModule, DeviceBatches, _load_idx, 
 from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.module import Classifier
-from fmnist_lab.sweep import redact
+from fmnist_lab.storage import redact
 from fmnist_lab.train import keep_freed_memory, train
 
 PRECISION = {"32-true": "fp32", "bf16-mixed": "bf16"}

@@ -36,7 +36,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from fmnist_lab import tracking  # noqa: E402
 from fmnist_lab.data import PRETTY  # noqa: E402
 from fmnist_lab.errors import UserError, exit_cleanly  # noqa: E402
-from fmnist_lab.sweep import open_storage  # noqa: E402
+from fmnist_lab.storage import open_storage  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "conf" / "report.yaml"
 FORMATS = ("table", "markdown", "csv", "json")

@@ -20,18 +20,12 @@ from optuna.trial import TrialState
 
 from fmnist_lab import report
 from fmnist_lab.errors import UserError
-from fmnist_lab.sweep import (
-    HOST,
-    WorkerContext,
-    fail_dead_trials,
-    gpu_count,
-    gpu_for_worker,
-    load_study,
-    make_pruner,
-    make_sampler,
-    record_missing_runs,
-    select_finalists,
-)
+from fmnist_lab.sweep.config import WorkerContext
+from fmnist_lab.sweep.finalists import select_finalists
+from fmnist_lab.sweep.repair import HOST, fail_dead_trials, record_missing_runs
+from fmnist_lab.sweep.samplers import make_pruner, make_sampler
+from fmnist_lab.sweep.study import load_study, open_study_storage
+from fmnist_lab.sweep.worker import gpu_count, gpu_for_worker
 
 from .conftest import CONF, default_sigint, run_cli
 
@@ -453,7 +447,8 @@ def test_resume_records_a_run_for_every_trial_its_worker_left_without_one(sweep_
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("quick")
     parent_id = client.create_run(experiment_id, tags={"role": "study"}).info.run_id
-    study = load_study(cfg)
+    storage = open_study_storage(cfg)
+    study = load_study(cfg, storage)
     study.set_user_attr("mlflow_parent_run_id", parent_id)
     worker = f"{HOST}:{dead_pid()}"
     sampled = ["model.filters=[8,16]", "model.dropout=0.1", "model.head=gap", "model.fc=[]",
@@ -503,7 +498,7 @@ def test_resume_records_a_run_for_every_trial_its_worker_left_without_one(sweep_
     assert runs[3].info.run_id == run_id and runs[3].data.metrics["val_acc"] == 0.8
 
     # Nothing is recorded twice: a second look finds every trial recorded.
-    ctx = WorkerContext(cfg, overrides, parent_id, uri, None)
+    ctx = WorkerContext(cfg, overrides, parent_id, uri, None, storage)
     assert fail_dead_trials(ctx, study) == [] and record_missing_runs(ctx, study) == []
     assert len(runs_by_role(uri, "quick")["trial"]) == 4
 

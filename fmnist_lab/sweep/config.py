@@ -1,0 +1,181 @@
+"""What a trial trains: the sweep file's checks and each trial's composed training config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_lab import registry
+from fmnist_lab import space as search_space
+from fmnist_lab.data import Splits, load_splits
+from fmnist_lab.errors import UserError, hydra_message
+from fmnist_lab.storage import check_heartbeat
+from fmnist_lab.train import scaled_lr
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# Keys of conf/sweep.yaml that steer the sweep; a trial's training config drops them.
+SWEEP_KEYS = ("sweep", "study_name", "storage", "workers", "enqueue_references", "output_dir",
+              "registry", "heartbeat")  # fmt: skip
+REFERENCES = ("r3_cnn", "conv2dsimple2")  # the warm start of enqueue_references=true
+OBJECTIVES = ("val_acc", "val_loss", "params")  # what a trial can return
+
+
+@dataclass
+class WorkerContext:
+    cfg: DictConfig  # the sweep config as composed for this command
+    overrides: list[str]  # the command line's overrides
+    parent_run_id: str
+    tracking_uri: str
+    deadline: float | None
+    storage: Any = None  # the study's Optuna storage, as opened by this process
+    splits: dict[str, Splits] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> DictConfig:
+        return self.cfg.sweep
+
+    def trial_config(self, trial_overrides: Sequence[str], *extra: str) -> DictConfig:
+        """The training config of one trial: base choices, budget, command line, sample."""
+        budget = self.spec.budget
+        overrides = [
+            f"trainer.max_epochs={budget.epochs}",
+            f"data.train_fraction={budget.train_fraction}",
+            *self.overrides,
+            *trial_overrides,
+            *extra,
+        ]
+        if GlobalHydra.instance().is_initialized():  # inside the command's own @hydra.main
+            return training_config(compose("sweep", overrides=overrides))
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return training_config(compose("sweep", overrides=overrides))
+
+    def splits_for(self, data_cfg: DictConfig) -> Splits:
+        key = OmegaConf.to_yaml(data_cfg)
+        if key not in self.splits:
+            self.splits[key] = load_splits(data_cfg)
+        return self.splits[key]
+
+
+def check_sweep(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Every check of the sweep file and the command line that needs no storage: a mistake
+    stops the command before anything is recorded."""
+    spec = cfg.sweep
+    search_space.validate(search_space.flatten(spec.space))
+    if cfg.workers < 1:
+        raise UserError(f"workers={cfg.workers} must be at least 1")
+    if cfg.data.val_size < 1:
+        raise UserError("a sweep selects on the validation split: data.val_size must be > 0")
+    check_trial_configs(cfg, overrides)
+    check_heartbeat(cfg.heartbeat)
+    check_finalist_rule(spec.finalists)
+    if cfg.registry.select_by not in registry.SCORES:  # checked now, not after the finalists
+        raise UserError(f"registry.select_by={cfg.registry.select_by} must be one of "
+                        f"{', '.join(registry.SCORES)}")  # fmt: skip
+    for o in spec.objectives:
+        if o.metric not in OBJECTIVES or o.direction not in ("maximize", "minimize"):
+            raise UserError(
+                f"objective {o.metric}/{o.direction}: metric must be one of "
+                f"{', '.join(OBJECTIVES)} and direction maximize or minimize"
+            )
+
+
+def check_trial_configs(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Compose a trial's config with every categorical choice once, so that a misspelt key
+    or option in the sweep file stops the command before any worker starts."""
+    flat = search_space.flatten(cfg.sweep.space)
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sample = search_space.suggest(probe.ask(), flat)
+    ctx = WorkerContext(cfg, list(overrides), "", "", None)
+    variants = [sample]
+    for i, key in enumerate(flat):
+        if flat[key]["type"] == "categorical":
+            for choice in flat[key]["choices"]:
+                variant = list(sample)
+                variant[i] = f"{key}={search_space.override_value(choice)}"
+                variants.append(variant)
+    variants += [entry.split(" ") for entry in warm_start_entries(cfg.sweep)]
+    for variant in variants:
+        try:
+            trial_cfg = ctx.trial_config(variant)
+        except Exception as err:
+            raise UserError(
+                f"a trial's config cannot be composed with {variant}: {hydra_message(err)}"
+            ) from None
+        scaled_lr(trial_cfg)  # a bad lr_scaling stops here too
+
+
+def warm_start_entries(spec: DictConfig) -> list[str]:
+    """The sweep file's `warm_start` configurations, each as one space-separated string."""
+    entries = []
+    for entry in spec.get("warm_start") or []:
+        if isinstance(entry, str) or not all(isinstance(o, str) and "=" in o for o in entry):
+            raise UserError(f"sweep.warm_start: each entry must be a list of KEY=VALUE "
+                            f"overrides, not {entry}")  # fmt: skip
+        if any(" " in o for o in entry):
+            raise UserError(f"sweep.warm_start: '{entry}' has an override with a space")
+        entries.append(" ".join(entry))
+    return entries
+
+
+def enqueue_warm_start(study: optuna.Study, entries: Sequence[str]) -> None:
+    """Queue each warm-start configuration once per study: it is trained first, with the
+    trial budget like any trial, and can become a finalist by the same validation rule.
+    The sampler learns nothing from it (it has no sampled parameters)."""
+    queued = {t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False)}
+    for entry in entries:
+        if entry not in queued:
+            study.enqueue_trial({}, user_attrs={"warm_start": entry})
+
+
+def training_config(cfg: DictConfig) -> DictConfig:
+    """A sweep config less its sweep keys: what `train` takes."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in SWEEP_KEYS:
+        container.pop(key, None)
+    return OmegaConf.create(container)
+
+
+def trial_run_config(ctx: WorkerContext, overrides: Sequence[str]) -> DictConfig:
+    """The training config of a trial's run: its overrides, validated, never tested."""
+    return ctx.trial_config(overrides, "test=false", "trainer.progress_bar=false",
+                            f"log_model={ctx.spec.log_models}")  # fmt: skip
+
+
+FINALIST_RULES = ("pareto", "top_k", "budgets")
+
+
+def rerank_count(policy: DictConfig) -> int:
+    """`finalists.rerank`; a sweep file written before it existed reranks nothing."""
+    return policy.get("rerank", 0)
+
+
+def check_finalist_rule(policy: DictConfig) -> None:
+    if policy.select not in FINALIST_RULES:
+        raise UserError(
+            f"finalists.select '{policy.select}' is not one of {', '.join(FINALIST_RULES)}"
+        )
+    budgets = policy.get("budgets")
+    if policy.select == "budgets" and (
+        not budgets or not all(isinstance(b, int) and b > 0 for b in budgets)
+    ):
+        raise UserError(
+            "finalists.select=budgets needs finalists.budgets: a list of parameter counts"
+        )
+    rerank = rerank_count(policy)
+    if not isinstance(rerank, int) or isinstance(rerank, bool) or rerank < 0:
+        raise UserError(f"finalists.rerank={rerank} must be a whole number of trials, 0 for none")
+    if rerank and policy.select != "budgets":
+        raise UserError(
+            f"finalists.rerank needs finalists.select=budgets (or finalists.rerank=0 with "
+            f"select={policy.select})"
+        )
+    epochs = policy.get("rerank_epochs")
+    if rerank and epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise UserError(f"finalists.rerank_epochs={epochs} must be a positive whole number")

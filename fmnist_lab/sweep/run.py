@@ -1,0 +1,112 @@
+"""A whole sweep: check, open the study, search, retrain the finalists, register the champion.
+Every process (of every machine) of a study runs this; the study's locks decide who does what
+once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import mlflow
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
+
+from fmnist_lab import tracking
+from fmnist_lab.sweep.champion import register_best
+from fmnist_lab.sweep.config import (
+    REFERENCES,
+    WorkerContext,
+    check_sweep,
+    enqueue_warm_start,
+    warm_start_entries,
+)
+from fmnist_lab.sweep.finalists import Finalist, print_finalists, run_finalists
+from fmnist_lab.sweep.locks import study_lock
+from fmnist_lab.sweep.repair import fail_dead_trials, record_missing_runs
+from fmnist_lab.sweep.study import load_study, open_parent_run, open_study_storage
+from fmnist_lab.sweep.worker import search
+
+
+@dataclass
+class SweepResult:
+    study_name: str
+    parent_run_id: str
+    trials: list[FrozenTrial]
+    finalists: list[Finalist]
+
+
+def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
+    """Search, then retrain the finalists; returns what was recorded."""
+    spec = cfg.sweep
+    check_sweep(cfg, overrides)
+    tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)  # an absent server: at once
+    storage = open_study_storage(cfg)
+    study = load_study(cfg, storage)
+    with study_lock(cfg, "setup"):  # other machines may be starting the same study now
+        if cfg.enqueue_references and not study.trials:
+            for ref in REFERENCES:
+                study.enqueue_trial({}, user_attrs={"reference": ref})
+        enqueue_warm_start(study, warm_start_entries(spec))
+        parent = open_parent_run(cfg, study)
+    parent_id = parent.info.run_id
+    ctx = WorkerContext(cfg, list(overrides), parent_id, mlflow.get_tracking_uri(), None,
+                        storage)  # fmt: skip
+    finalists: list[Finalist] | None = None
+    interrupted = False
+    try:
+        failed = fail_dead_trials(ctx, study)
+        if failed:
+            print(f"resuming: trials {failed} were left running by a killed sweep; now FAIL")
+        recorded = record_missing_runs(ctx, study)
+        if recorded:
+            print(f"resuming: the MLflow runs of trials {recorded} recorded in their final state")
+        search(cfg, list(overrides), study, parent_id)
+        record_missing_runs(ctx, study)  # of trials whose worker could not record them
+        # The finalists are trained once, by the first process (of any machine) whose search
+        # ends, after the trials still running elsewhere; the others wait for it under the
+        # same lock, then find them done, so every machine's command ends with the results.
+        with study_lock(cfg, "finalists", wait=False) as first:
+            if first:
+                finalists = close_study(cfg, overrides, study, parent_id)
+        if finalists is None:
+            print("waiting: another process of this study trains its finalists", flush=True)
+            with study_lock(cfg, "finalists"):
+                finalists = close_study(cfg, overrides, study, parent_id)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    if interrupted:  # handled out of the except block: see tracking.release_interrupted_call
+        tracking.release_interrupted_call()
+        record_missing_runs(ctx, study)  # the workers have stopped: what they could not record
+        mlflow.end_run("KILLED")
+        raise KeyboardInterrupt
+    mlflow.end_run("FINISHED")
+    print_finalists(finalists, spec.finalists)
+    return SweepResult(cfg.study_name, parent_id, study.get_trials(), finalists)
+
+
+def close_study(cfg: DictConfig, overrides: Sequence[str], study: optuna.Study,
+                parent_id: str) -> list[Finalist]:  # fmt: skip
+    """Once no trial runs anywhere: the finalists (those already trained are kept) and the
+    registry."""
+    wait_for_running_trials(study)
+    finalists = run_finalists(cfg, list(overrides), study, parent_id)
+    register_best(cfg, finalists, parent_id)
+    return finalists
+
+
+def wait_for_running_trials(study: optuna.Study) -> None:
+    """Until no trial is RUNNING: other machines' trials finish, or end FAIL when their
+    heartbeats stop (RDB storages)."""
+    said = False
+    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not said:
+            print(f"waiting for {len(running)} trial(s) still running elsewhere: "
+                  f"{', '.join(t.user_attrs.get('worker', '?') for t in running)}")  # fmt: skip
+            said = True
+        time.sleep(2)
+        optuna.storages.fail_stale_trials(study)

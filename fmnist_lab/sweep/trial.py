@@ -1,0 +1,146 @@
+"""One trial: its sampled config, its size check, its training, and how it ended."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import mlflow
+import optuna
+import pytorch_lightning as pl
+from optuna.trial import TrialState
+
+from fmnist_lab import space as search_space
+from fmnist_lab import tracking
+from fmnist_lab.errors import UserError
+from fmnist_lab.models import build_model, count_params
+from fmnist_lab.storage import trial_id
+from fmnist_lab.sweep.config import WorkerContext, trial_run_config
+from fmnist_lab.sweep.repair import finish
+from fmnist_lab.train import train
+
+
+class PruneOnValidation(pl.Callback):
+    """Report val_acc to the trial every epoch; stop training when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, enabled: bool) -> None:
+        self.trial, self.enabled, self.pruned_at = trial, enabled, None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Recorded first, so a killed sweep's resume can close this run.
+        self.trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not self.enabled or "val_acc" not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics["val_acc"])
+        self.trial.report(value, step=trainer.current_epoch)
+        if self.trial.should_prune():
+            self.pruned_at = trainer.current_epoch
+            trainer.should_stop = True
+
+
+def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> None:
+    """Train one trial and tell the study how it ended (COMPLETE, PRUNED or FAIL)."""
+    spec = ctx.spec
+    reference = trial.user_attrs.get("reference")
+    warm_start = trial.user_attrs.get("warm_start")
+    if reference:
+        overrides = [f"model={reference}"]
+    elif warm_start:
+        overrides = warm_start.split(" ")
+    else:
+        overrides = search_space.suggest(trial, search_space.flatten(spec.space))
+    trial.set_user_attr("overrides", overrides)
+    if spec.constraints.min_val_acc is not None:
+        trial.set_user_attr("min_val_acc", float(spec.constraints.min_val_acc))
+    cfg = trial_run_config(ctx, overrides)
+    tags = {"role": "trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number)}
+
+    # Checks that need no training: the model must exist and fit the parameter budget.
+    reason = None
+    try:
+        n_params = count_params(build_model(cfg.model))
+    except UserError as err:
+        n_params, reason = None, str(err)
+    else:
+        trial.set_user_attr("params", n_params)
+        limit = spec.constraints.max_params
+        if limit is not None and n_params > limit:
+            reason = f"{n_params:,} parameters exceed the budget of {limit:,}"
+    if reason:
+        end_untrained(ctx, cfg, study, trial, n_params, reason, tags)
+        return
+
+    # Pruners compare the reported val_acc with the study's direction: only meaningful when
+    # that is the one objective (Optuna cannot prune multi-objective studies at all).
+    prunable = [o.metric for o in spec.objectives] == ["val_acc"] and spec.pruner.name != "none"
+    pruning = PruneOnValidation(trial, enabled=prunable)
+    try:
+        result = train(
+            cfg,
+            callbacks=[pruning],
+            parent_run_id=ctx.parent_run_id,
+            tags=tags,
+            splits=ctx.splits_for(cfg.data),
+            name_prefix=f"t{trial.number}-",
+        )
+    except KeyboardInterrupt:
+        raise  # the worker marks the trial
+    except Exception as err:  # any failure of one trial: record it, the sweep goes on
+        finish(study, trial, TrialState.FAIL, f"{type(err).__name__}: {err}", ctx)
+        return
+    val_acc = result.metrics.get("val_acc")
+    trial.set_user_attr("val_acc", val_acc)
+    trial.set_user_attr("train_time_s", result.metrics.get("train_time_s"))
+    if pruning.pruned_at is not None:
+        reason = f"pruned after epoch {pruning.pruned_at} (val_acc {val_acc:.4f})"
+        finish(study, trial, TrialState.PRUNED, reason, ctx)
+        return
+    values = [n_params if o.metric == "params" else result.metrics[o.metric]
+              for o in spec.objectives]  # fmt: skip
+    finish(study, trial, TrialState.COMPLETE, None, ctx, values)
+
+
+@contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, study: optuna.Study,
+              trial: optuna.Trial) -> Iterator[None]:  # fmt: skip
+    """While a trial trains, beat its heartbeat (RDB storages), so that a machine that dies
+    leaves trials that `fail_stale_trials` can find; ask/tell gets no beat from Optuna."""
+    if not beats(storage):
+        yield
+        return
+    interval = storage.get_heartbeat_interval()
+    number = trial_id(storage, study.study_name, trial.number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            storage.record_heartbeat(number)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def beats(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether the storage keeps heartbeats (an RDB storage opened with an interval)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval is not None and bool(interval())
+
+
+def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
+    """A trial ended before training still gets its child run, saying why."""
+    size = tracking.human_count(n_params) if n_params else "invalid"
+    name = f"t{trial.number}-{cfg.model.name}-{size}"
+    with tracking.tracked_run(cfg, name, tags, ctx.parent_run_id) as run:
+        if n_params is not None:
+            tracking.log_param_count(n_params)
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+    finish(study, trial, TrialState.PRUNED, reason, ctx)

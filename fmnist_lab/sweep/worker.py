@@ -1,0 +1,200 @@
+"""Worker processes: each asks the study for trials and trains them until the budget, the
+timeout or the stop condition says the search is done. The sweep owns this loop instead of
+`study.optimize` for exact trial counts across processes and machines, heartbeats on every
+trial, and trials that end without training."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+import mlflow
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from fmnist_lab import tracking
+from fmnist_lab.errors import UserError
+from fmnist_lab.storage import trial_id
+from fmnist_lab.sweep.config import WorkerContext
+from fmnist_lab.sweep.locks import sigint_held, study_lock
+from fmnist_lab.sweep.progress import Progress
+from fmnist_lab.sweep.repair import HOST, end_interrupted_trials
+from fmnist_lab.sweep.samplers import make_pruner, make_sampler
+from fmnist_lab.sweep.study import open_study_storage
+from fmnist_lab.sweep.trial import beats, heartbeat, run_trial
+
+
+def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
+    """Ask for a trial unless the budget, the timeout or a stop condition says we are done."""
+    spec = ctx.spec
+    if ctx.deadline is not None and time.time() >= ctx.deadline:
+        return None
+    with study_lock(ctx.cfg, "trials"):
+        optuna.storages.fail_stale_trials(study)  # a dead machine's trials end FAIL
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if len(trials) >= spec.budget.n_trials and not waiting:
+            return None
+        if stop_condition_met(spec, trials):
+            return None
+        # Noted under the lock, so that a RUNNING trial without owner is known to be one whose
+        # worker was killed in between (fail_dead_trials); a Ctrl-C waits until it is noted.
+        with sigint_held():
+            trial = study.ask()
+            trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
+        if beats(ctx.storage):  # from its first moment, so that a machine dying now is noticed
+            ctx.storage.record_heartbeat(trial_id(ctx.storage, study.study_name, trial.number))
+        return trial
+
+
+def stop_condition_met(spec: DictConfig, trials: Sequence[FrozenTrial]) -> bool:
+    target, limit = spec.stop.val_acc, spec.stop.max_params
+    if target is None:
+        return False
+    return any(
+        t.state == TrialState.COMPLETE
+        and t.user_attrs.get("val_acc", 0) >= target
+        and (limit is None or t.user_attrs.get("params", math.inf) <= limit)
+        for t in trials
+    )
+
+
+def worker_main(
+    cfg_yaml: str, overrides: list[str], parent_run_id: str, deadline, threads, index: int,
+    parent_pid: int, gpu: int | None = None,
+):  # fmt: skip
+    """Entry point of worker number `index`: run trials until the study is done, on GPU
+    number `gpu` when there are several."""
+    _die_with_parent(parent_pid)
+    if gpu is not None:  # before CUDA starts in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    quiet()
+    cfg = OmegaConf.create(cfg_yaml)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        overrides = [*overrides, f"trainer.threads={threads}"]
+    # The sweep found the server answering before it started this worker: an outage since then
+    # (a restart) is waited out as long as MLflow's client waits one out in a running trial.
+    tracking.configure(cfg.tracking.uri, cfg.tracking.experiment, tracking.retry_window_s())
+    storage = open_study_storage(cfg)
+    ctx = WorkerContext(cfg, overrides, parent_run_id, mlflow.get_tracking_uri(), deadline,
+                        storage)  # fmt: skip
+    study = optuna.load_study(
+        study_name=cfg.study_name, storage=storage, pruner=make_pruner(cfg.sweep)
+    )
+    # Seeded by worker and by how far the study is, so no two draw the same samples.
+    study.sampler = make_sampler(cfg.sweep, offset=7919 * index + len(study.trials))
+    try:
+        while (trial := next_trial(ctx, study)) is not None:
+            with heartbeat(storage, study, trial):
+                run_trial(ctx, study, trial)
+        return
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+    # Out of the except block, so that the frames of an MLflow call the Ctrl-C cut short can
+    # be freed, and with them the lock they may hold on a SQLite store.
+    tracking.release_interrupted_call()
+    end_interrupted_trials(ctx, study)
+    sys.exit(130)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: get SIGKILL when the sweep process dies, so no orphan keeps training."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() != parent_pid:  # it died while this process was still starting
+        os._exit(1)
+
+
+def quiet() -> None:
+    warnings.filterwarnings("ignore")
+    for name in ("pytorch_lightning", "lightning", "mlflow", "optuna"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id: str) -> None:
+    """Run the workers and follow the study until they are done."""
+    spec = cfg.sweep
+    deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
+    threads = max(1, len(os.sched_getaffinity(0)) // cfg.workers)  # the cores we may use
+    context = multiprocessing.get_context("spawn")
+    cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    gpus = gpu_count(cfg.trainer.accelerator)
+    workers = [
+        context.Process(
+            target=worker_main,
+            args=(
+                cfg_yaml,
+                overrides,
+                parent_id,
+                deadline,
+                threads,
+                i,
+                os.getpid(),
+                gpu_for_worker(i, gpus),
+            ),
+        )  # fmt: skip
+        for i in range(cfg.workers)
+    ]
+    for w in workers:
+        w.start()
+    progress = Progress(study, spec)
+    interrupted = False
+    try:
+        while any(w.is_alive() for w in workers):
+            time.sleep(1)
+            progress.update()
+    except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:
+        # Out of the except block: an MLflow call cut short here lets go of the store before
+        # the workers record their trials (tracking.release_interrupted_call).
+        tracking.release_interrupted_call()
+        for w in workers:  # the terminal may have sent it to them too; once more is harmless
+            if w.is_alive():
+                os.kill(w.pid, signal.SIGINT)
+        for w in workers:
+            w.join(timeout=120)
+    else:
+        for w in workers:
+            w.join()
+    progress.update()
+    progress.close()
+    if interrupted or any(w.exitcode == 130 for w in workers):
+        raise KeyboardInterrupt
+    crashed = [w.exitcode for w in workers if w.exitcode != 0]
+    if crashed:
+        raise UserError(
+            f"{len(crashed)} worker(s) stopped with exit codes {crashed}; their error is "
+            f"printed above, and running the command again resumes"
+        )
+
+
+def gpu_count(accelerator: str) -> int:
+    """GPUs the workers may use (none unless the trainer may run on one)."""
+    if accelerator not in ("auto", "gpu", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def gpu_for_worker(index: int, gpus: int) -> int | None:
+    """Workers share the GPUs round-robin, several per GPU (small models do not fill one);
+    with one GPU or none, nothing is pinned."""
+    return index % gpus if gpus > 1 else None
