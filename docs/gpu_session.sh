@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The results issue's GPU runs as one prepared call of the device tool (docs/results.md, "The
+# The results issue's GPU runs as one prepared call of the device tool (docs/journal.md, "The
 # GPU session"): the trainings run at once on the one GPU, and the MLflow store they fill
 # comes back in pieces of at most 15 MB.
 #
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # One line a job: a recipe, the seeds to train (one process each), its overrides. The rule
-# that decides what these runs may change is written in docs/results.md before they run.
+# that decides what these runs may change is written in docs/journal.md before they run.
 # The 500 k budget's three candidate designs of 2026-12-04, as overrides of
 # conf/experiment/best_500k.yaml (which is now the winner, C): A wide residual pairs 40-80-160
 # (465,530 parameters), B nine residual pairs in three stages of 20/40/80 filters (ResNet-20's
