@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/fmnist-lab
 
 # Offline machines keep the genuine datasets beside the checkout; online, torchvision
 # downloads them instead. An FMNIST_LAB_DATA already set wins.
@@ -24,12 +25,12 @@ venv: $(VENV)/.installed
 ## its comparison report (table, params-vs-accuracy plot, importances) in outputs/reports/.
 STUDY ?= quick
 run: venv
-	$(PY) -m fmnist_lab.sweep sweep=quick workers=2 study_name=$(STUDY) $(ARGS)
-	$(PY) -m fmnist_lab.report --study $(STUDY) $(REPORT_ARGS)
+	$(CLI) sweep sweep=quick workers=2 study_name=$(STUDY) $(ARGS)
+	$(CLI) report --study $(STUDY) $(REPORT_ARGS)
 
 ## The comparison report of a study or experiment, e.g. make report ARGS="--study quick".
 report: venv
-	$(PY) -m fmnist_lab.report $(ARGS)
+	$(CLI) report $(ARGS)
 
 ## Screenshots of the MLflow UI on the make-run store (needs: apt-get install chromium).
 screenshots: venv
@@ -39,11 +40,11 @@ screenshots: venv
 ## An MLflow tracking server on 127.0.0.1:5000 (SQLite ./mlflow.db, artifacts proxied into
 ## ./mlartifacts); e.g. make server ARGS="--host 0.0.0.0 --backend-store-uri postgresql://...".
 server: venv
-	$(PY) -m fmnist_lab.server $(ARGS)
+	$(CLI) server $(ARGS)
 
 ## One training run of the default CNN (3 epochs).
 train: venv
-	$(PY) -m fmnist_lab.train trainer.max_epochs=3 $(ARGS)
+	$(CLI) train trainer.max_epochs=3 $(ARGS)
 
 ## Lint, then the whole test suite (real data, real MLflow stores; CPU only).
 test: venv lint
@@ -55,7 +56,7 @@ lint: venv
 
 ## Training throughput: Lightning path vs plain loop vs DataLoader (docs/benchmarks.md).
 bench: venv
-	$(PY) -m fmnist_lab.bench --model convnet_20k convnet_100k conv2dsimple2 --repeat 2 \
+	$(CLI) bench --model convnet_20k convnet_100k conv2dsimple2 --repeat 2 \
 		--precision 32-true bf16-mixed --sweep quick $(ARGS)
 
 clean:

@@ -21,23 +21,14 @@ import torch
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.utils import check_integrity
 
+from fmnist_lab.datasets import CLASSES, DATA_ENV, FASHION_CLASSES, FOLDERS, PRETTY  # noqa: F401
 from fmnist_lab.errors import UserError
 
-DATA_ENV = "FMNIST_LAB_DATA"
-
-FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
-MNIST_CLASSES = [str(d) for d in range(10)]
-
-# Per dataset: torchvision class, class names, and the sub-folders of a data directory where
-# its four .gz files may sit (the layout of shared/data, and torchvision's own layout).
+# Per IDX dataset: the torchvision class, class names, and the folders its files may sit in.
 IDX_DATASETS = {
-    "fashion_mnist": (FashionMNIST, FASHION_CLASSES, ("fashion-mnist", "FashionMNIST/raw")),
-    "mnist": (MNIST, MNIST_CLASSES, ("mnist", "MNIST/raw")),
+    name: (cls, CLASSES[name], FOLDERS[name])
+    for name, cls in (("fashion_mnist", FashionMNIST), ("mnist", MNIST))
 }
-PRETTY = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "fashion_mnist_csv": "Fashion-MNIST"}
 
 
 @dataclass

@@ -20,15 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from fmnist_lab import preprocess
-from fmnist_lab.data import IDX_DATASETS
+from fmnist_lab.datasets import CLASSES
 from fmnist_lab.errors import UserError, exit_cleanly
-from fmnist_lab.tracking import check_server
+from fmnist_lab.options import add_data, add_tracking_uri
 
 DEFAULT_MODEL = "models:/fmnist-fashion_mnist@champion"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -44,6 +40,8 @@ class LoadedModel:
 
     def predict(self, images: list[np.ndarray]) -> np.ndarray:
         """Class probabilities (N x classes) for prepared 28x28 uint8 images."""
+        from fmnist_lab import preprocess
+
         return np.asarray(self.model.predict(preprocess.to_tensor(images).numpy()))
 
     def top(self, probs: np.ndarray, k: int = 3) -> list[dict[str, Any]]:
@@ -63,10 +61,15 @@ def model_uri(ref: str) -> str:
 
 def load_classifier(ref: str = DEFAULT_MODEL, dataset: str | None = None) -> LoadedModel:
     """Load the model `ref` names (see `model_uri`) with what the tracking store says of it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     uri = model_uri(ref)
     if not re.match(r"^[a-z][a-z0-9+.-]*:", uri) and not Path(uri).is_dir():
         raise UserError(f"--model {ref}: not a folder, a run id or an MLflow model URI")
     if uri.startswith(("models:/", "runs:/")):
+        from fmnist_lab.tracking import check_server
+
         check_server(mlflow.get_tracking_uri())
     info = describe(uri)
     with quiet():
@@ -80,10 +83,10 @@ def load_classifier(ref: str = DEFAULT_MODEL, dataset: str | None = None) -> Loa
             message = " ".join(str(getattr(err, "message", err)).split())[:300]
             raise UserError(f"no model at {uri} ({message}){hint}") from None
     name = dataset or info.get("dataset") or "fashion_mnist"
-    if name not in IDX_DATASETS:
-        raise UserError(f"dataset '{name}' is not one of {', '.join(IDX_DATASETS)}")
+    if name not in CLASSES:
+        raise UserError(f"dataset '{name}' is not one of {', '.join(CLASSES)}")
     info["dataset"] = name
-    return LoadedModel(model, list(IDX_DATASETS[name][1]), info)
+    return LoadedModel(model, list(CLASSES[name]), info)
 
 
 def summary(info: dict[str, Any]) -> str:
@@ -102,6 +105,9 @@ def summary(info: dict[str, Any]) -> str:
 def describe(uri: str) -> dict[str, Any]:
     """Name, version, parameters and test accuracy of the model at `uri`, where the tracking
     store knows them; an unknown model gets just its URI."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     info: dict[str, Any] = {"uri": uri}
     client = MlflowClient()
     run_id = None
@@ -145,18 +151,15 @@ def quiet():
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fmnist_lab.predict",
+        prog="fmnist-lab predict",
         description="Classify images with a model logged by fmnist_lab.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, WebP, GIF, ...")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="registry reference, run id, model URI or folder "
                         f"(default {DEFAULT_MODEL})")  # fmt: skip
-    parser.add_argument("--tracking-uri", default=None,
-                        help="where the registry and runs are (default: $MLFLOW_TRACKING_URI, "
-                        "else ./mlflow.db)")  # fmt: skip
-    parser.add_argument("--dataset", choices=list(IDX_DATASETS), default=None,
-                        help="class names to use (default: the model's run says)")  # fmt: skip
+    add_tracking_uri(parser)
+    add_data(parser, help="class names to use (default: the model's run says)")
     parser.add_argument("--top", type=int, default=3, help="classes per image (default 3)")
     parser.add_argument("--save-preprocessed", metavar="DIR", default=None,
                         help="write the 28x28 image fed to the model for each input")  # fmt: skip
@@ -167,6 +170,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @exit_cleanly
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import mlflow  # after parsing: --help answers without loading MLflow or torch
+
+    from fmnist_lab import preprocess
+
     if args.top < 1:
         raise UserError(f"--top {args.top} must be at least 1")
     prepared = []
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"{path}: {err}") from None
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
-    classifier = load_classifier(args.model, args.dataset)
+    classifier = load_classifier(args.model, args.data)
     probs = classifier.predict(prepared)
     results = []
     for path, image, p in zip(args.images, prepared, probs, strict=True):

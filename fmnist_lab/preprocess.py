@@ -22,12 +22,15 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmnist_lab.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 SIZE = 28
 OBJECT_SIZE = 26  # the longer side of the object after resizing
@@ -137,6 +140,8 @@ def _background(gray: np.ndarray) -> int:
 
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     """uint8 28x28 arrays -> the float 0..1 batch (N x 1 x 28 x 28) the logged models take."""
+    import torch
+
     return torch.from_numpy(np.stack(images)).float().div_(255).unsqueeze(1)
 
 

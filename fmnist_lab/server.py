@@ -13,22 +13,22 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import socket
 import sys
 from pathlib import Path
 
 from fmnist_lab.errors import UserError, exit_cleanly
+from fmnist_lab.options import add_port, check_port_free
 
 AUTH_ENV = "FMNIST_LAB_BASIC_AUTH"  # the one setting that turns basic auth on (docker-compose)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fmnist_lab.server",
+        prog="fmnist-lab server",
         description="Start an MLflow tracking server with proxied artifact storage.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    parser.add_argument("--port", type=int, default=5000)
+    add_port(parser, 5000)
     parser.add_argument("--backend-store-uri", default="sqlite:///mlflow.db",
                         help="where runs are kept: sqlite:///... or postgresql://...")  # fmt: skip
     parser.add_argument("--artifacts-destination", default="mlartifacts",
@@ -83,24 +83,9 @@ def auth_config(args: argparse.Namespace) -> Path:
     return path
 
 
-def check_port_free(host: str, port: int) -> None:
-    with socket.socket() as s:
-        # As the server binds: a port whose old connections linger in TIME_WAIT (a server
-        # just restarted) is free; one with a listener is not.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as err:
-            raise UserError(
-                f"cannot serve on {host}:{port} ({err.strerror}); pick another --port"
-            ) from None
-
-
 @exit_cleanly
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port {args.port} is not a port number (1..65535)")
     check_port_free(args.host, args.port)
     if args.basic_auth:
         os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config(args))

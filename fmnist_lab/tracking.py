@@ -15,24 +15,21 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-import numpy as np
-import torch
-from mlflow.entities import Metric
 from mlflow.environment_variables import (
     MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
     MLFLOW_HTTP_REQUEST_MAX_RETRIES,
 )
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers.logger import Logger
-from pytorch_lightning.utilities import rank_zero_only
 
 import fmnist_lab
 from fmnist_lab.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 PACKAGE_DIR = Path(fmnist_lab.__file__).resolve().parent
 
@@ -314,6 +311,10 @@ def log_model(predictor: torch.nn.Module, example: torch.Tensor) -> str:
     fmnist_lab, only torch.
     """
     # Plain NCHW weights export cleanly; the channels-last copies used in training do not.
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
     predictor = predictor.to("cpu", memory_format=torch.contiguous_format).eval()
     example_np = example.to("cpu", torch.float32).numpy()
     with torch.no_grad():
@@ -333,39 +334,3 @@ def log_model(predictor: torch.nn.Module, example: torch.Tensor) -> str:
     )
     mlflow.set_tag("model_uri", info.model_uri)
     return info.model_uri
-
-
-class MlflowEpochLogger(Logger):
-    """Lightning logger writing the epoch-level metrics to the active MLflow run.
-
-    The step of each metric is the epoch, so the MLflow UI charts them per epoch. `history`
-    keeps what was logged, {name: [(epoch, value), ...]}, for the learning-curve plot.
-    """
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__()
-        self.run_id = run_id
-        self.client = mlflow.MlflowClient()
-        self.history: dict[str, list[tuple[int, float]]] = {}
-
-    @property
-    def name(self) -> str:
-        return "mlflow"
-
-    @property
-    def version(self) -> str:
-        return self.run_id
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """The config is logged by `tracked_run`; nothing to add here."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        epoch = int(metrics.get("epoch", step or 0))
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
-        for m in batch:
-            self.history.setdefault(m.key, []).append((epoch, m.value))
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from fmnist_lab import evaluate, tracking
 from fmnist_lab.data import DataModule, Splits, load_splits
+from fmnist_lab.epoch_logger import MlflowEpochLogger
 from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.models.predictor import Predictor
@@ -96,7 +97,7 @@ def train(
     with tracking.tracked_run(cfg, name, run_tags, parent_run_id) as run:
         tracking.log_param_count(n_params)
         mlflow.log_param("lr_effective", lr)  # optimizer.lr after lr_scaling
-        logger = tracking.MlflowEpochLogger(run.info.run_id)
+        logger = MlflowEpochLogger(run.info.run_id)
         trainer = pl.Trainer(
             max_epochs=cfg.trainer.max_epochs,
             accelerator=cfg.trainer.accelerator,

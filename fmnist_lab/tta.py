@@ -19,21 +19,22 @@ import functools
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import mlflow
-import torch
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-from omegaconf import OmegaConf
-
-from fmnist_lab.data import Splits, load_splits
 from fmnist_lab.errors import UserError, exit_cleanly
-from fmnist_lab.predict import quiet
-from fmnist_lab.tracking import check_server
+from fmnist_lab.options import add_data, add_tracking_uri
+
+if TYPE_CHECKING:
+    import torch
+    from mlflow import MlflowClient
+
+    from fmnist_lab.data import Splits
 
 
 def shifts(x: torch.Tensor) -> list[torch.Tensor]:
     """`x` and its four one-pixel shifts, zero-filled, as pad-and-crop training makes them."""
+    import torch
+
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
     h, w = x.shape[-2:]
     return [x] + [padded[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
@@ -46,20 +47,23 @@ VIEWS: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {
     "shift": shifts,
     "flip_shift": lambda x: shifts(x) + shifts(x.flip(-1)),
 }
-AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+AUTOCAST = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}  # torch dtypes by name
 
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, views: str, batch_size: int = 1000,
             precision: str = "32-true") -> torch.Tensor:  # fmt: skip
     """Class probabilities of uint8 images `x`, averaged over the views named `views`."""
+    import torch
+
     device = next(model.parameters()).device  # a logged model loads on the CPU
-    dtype = AUTOCAST.get(precision)
+    dtype = getattr(torch, AUTOCAST[precision]) if precision in AUTOCAST else None
     probs = []
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size].to(device).float() / 255
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            probs.append(torch.stack([model(v).float() for v in VIEWS[views](batch)]).mean(0))
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size].to(device).float() / 255
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                views_ = [model(v).float() for v in VIEWS[views](batch)]
+                probs.append(torch.stack(views_).mean(0))
     return torch.cat(probs)
 
 
@@ -81,11 +85,21 @@ class LoggedRun:
 def splits_of(data_yaml: str) -> Splits:
     """The splits a `data` config makes, loaded once for all the runs that share it (the
     seeds of a recipe) instead of once per run."""
+    from omegaconf import OmegaConf
+
+    from fmnist_lab.data import load_splits
+
     return load_splits(OmegaConf.create(data_yaml))
 
 
 def load_run(client: MlflowClient, run_id: str) -> LoggedRun:
     """The logged model of run `run_id` with the splits and precision it was tested on."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from omegaconf import OmegaConf
+
+    from fmnist_lab.predict import quiet
+
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -163,6 +177,8 @@ def chosen(results: dict[str, dict[str, dict]], views: Sequence[str]) -> str | N
 
 def recipe_runs(client: MlflowClient, args: argparse.Namespace) -> list[str]:
     """The run ids of the seeds `reproduce` counts for `args.recipe` (in seed order)."""
+    import mlflow
+
     from fmnist_lab import reproduce
 
     reproduce.checked_recipes([args.recipe], args.seeds, args.data, args.set)
@@ -180,7 +196,7 @@ def recipe_runs(client: MlflowClient, args: argparse.Namespace) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fmnist_lab.tta",
+        prog="fmnist-lab tta",
         description="Test logged runs again with test-time augmentation (views averaged).",
     )
     parser.add_argument("runs", nargs="*", metavar="RUN_ID", help="runs of fmnist_lab.train")
@@ -190,19 +206,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="with --recipe: seeds 0..N-1 (3)")  # fmt: skip
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="with --recipe: the overrides reproduce trained it with")  # fmt: skip
-    parser.add_argument("--data", default=None, choices=["fashion_mnist", "mnist"],
-                        help="with --recipe: the dataset (default: the recipe's own)")  # fmt: skip
+    add_data(parser, help="with --recipe: the dataset (default: the recipe's own)")
     parser.add_argument("--views", nargs="+", choices=list(VIEWS), default=list(VIEWS),
                         help="views to score (default: all; none = the plain model)")  # fmt: skip
-    parser.add_argument("--tracking-uri", default=None,
-                        help="where the runs are (default: $MLFLOW_TRACKING_URI, else "
-                        "./mlflow.db)")  # fmt: skip
+    add_tracking_uri(parser)
     return parser.parse_args(argv)
 
 
 @exit_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    # imported once parsed: --help answers without loading torch or MLflow
+    import mlflow
+    from mlflow import MlflowClient
+
+    from fmnist_lab.tracking import check_server
+
     if bool(args.runs) == bool(args.recipe):
         raise UserError("name the runs to score: run ids, or --recipe NAME, not both")
     if args.tracking_uri:

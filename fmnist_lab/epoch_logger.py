@@ -1,0 +1,48 @@
+"""A Lightning logger that writes epoch-level metrics to an MLflow run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from pytorch_lightning.loggers.logger import Logger
+from pytorch_lightning.utilities import rank_zero_only
+
+
+class MlflowEpochLogger(Logger):
+    """Lightning logger writing the epoch-level metrics to the active MLflow run.
+
+    The step of each metric is the epoch, so the MLflow UI charts them per epoch. `history`
+    keeps what was logged, {name: [(epoch, value), ...]}, for the learning-curve plot.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.client = mlflow.MlflowClient()
+        self.history: dict[str, list[tuple[int, float]]] = {}
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The config is logged by `tracked_run`; nothing to add here."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        epoch = int(metrics.get("epoch", step or 0))
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        for m in batch:
+            self.history.setdefault(m.key, []).append((epoch, m.value))
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
