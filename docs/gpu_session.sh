@@ -126,7 +126,7 @@ run() {
   fi
   [ -d .gpu_data ] && export FMNIST_LAB_DATA=${FMNIST_LAB_DATA:-$PWD/.gpu_data}
   export MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db PYTHONUNBUFFERED=1
-  local extra=(trainer.threads=1 trainer.progress_bar=false) processes=0 job
+  local extra=(runtime.threads=1 runtime.progress_bar=false) processes=0 job
   [ "${SMOKE:-0}" = 1 ] && extra+=(data.train_fraction=0.02)
   for job in "${JOBS[@]}"; do
     IFS='|' read -r _ seeds _ <<<"$job"; processes=$((processes + $(wc -w <<<"$seeds")))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.utils import check_integrity
 
@@ -92,20 +93,51 @@ def fold_splits(cfg, folds: int) -> Iterator[Splits]:
                      test_x, test_y, classes)  # fmt: skip
 
 
-def load_dataset(cfg):
-    """((train_x, train_y), (test_x, test_y), class names) of the dataset `cfg.name`."""
-    if cfg.name in IDX_DATASETS:
-        return (*_load_idx(cfg.name, cfg.root, cfg.cache_dir), IDX_DATASETS[cfg.name][1])
-    if cfg.name == "fashion_mnist_csv":
-        root = _data_root(cfg.root)
+@dataclass
+class IdxData:
+    """An IDX dataset (conf/data/fashion_mnist.yaml, mnist.yaml): where its four .gz files
+    are, and how its splits and batches are made."""
+
+    name: str
+    root: str | None = None
+    cache_dir: str = "~/.cache/fmnist_lab"
+    val_size: int = 5000
+    split_seed: int = 0
+    train_fraction: float = 1.0
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+
+    def images(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor],
+                              list[str]]:  # fmt: skip
+        """((train_x, train_y), (test_x, test_y), class names)."""
+        if self.name not in IDX_DATASETS:
+            raise UserError(f"unknown dataset '{self.name}'; choose one of: "
+                            f"{', '.join([*IDX_DATASETS, 'fashion_mnist_csv'])}")  # fmt: skip
+        return (*_load_idx(self.name, self.root, self.cache_dir), IDX_DATASETS[self.name][1])
+
+
+@dataclass
+class CsvData(IdxData):
+    """Fashion-MNIST in Kaggle's CSV form (conf/data/fashion_mnist_csv.yaml)."""
+
+    train_file: str = "fashion-mnist_train.csv"
+    test_file: str = "fashion-mnist_test.csv"
+
+    def images(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor],
+                              list[str]]:  # fmt: skip
+        root = _data_root(self.root)
         if root is None:
             raise UserError(
                 f"the CSV dataset needs a directory: set data.root= or {DATA_ENV} to the folder "
-                f"holding {cfg.train_file} and {cfg.test_file}"
+                f"holding {self.train_file} and {self.test_file}"
             )
-        return read_csv(root / cfg.train_file), read_csv(root / cfg.test_file), FASHION_CLASSES
-    names = ", ".join([*IDX_DATASETS, "fashion_mnist_csv"])
-    raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {names}")
+        return read_csv(root / self.train_file), read_csv(root / self.test_file), FASHION_CLASSES
+
+
+def load_dataset(cfg):
+    """((train_x, train_y), (test_x, test_y), class names) of the `data` config `cfg`, built
+    by its `_target_` (IdxData or CsvData)."""
+    return instantiate(cfg).images()
 
 
 def _fraction(y: torch.Tensor, cfg) -> torch.Tensor:

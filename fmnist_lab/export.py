@@ -70,7 +70,7 @@ def pick(runs: Sequence[Run], max_params: int) -> Run | None:
 def finalist_config(run: Run) -> DictConfig:
     """The training config the finalist's seeds ran with (its `config.yaml` artifact)."""
     text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
-    return OmegaConf.create(text)
+    return OmegaConf.create(tracking.current_config(yaml.safe_load(text)))
 
 
 def _compose(overrides: Sequence[str]) -> dict:

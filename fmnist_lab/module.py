@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
@@ -13,14 +14,16 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from fmnist_lab.augment import BatchAugment
 
-SCHEDULES = ("none", "cosine", "onecycle")
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
 
 
 class Classifier(pl.LightningModule):
     """Cross-entropy training of `net` on uint8 batches, normalised and augmented on device.
 
-    `optimizer` is a partial taking the parameters (Hydra's `_partial_: true`); `schedule` is
-    one of none / cosine / onecycle, stepped every batch over the whole run. `channels_last`
+    `optimizer` is a partial taking the parameters (Hydra's `_partial_: true`); `scheduler`,
+    one of fmnist_lab/schedules.py's, takes the optimizer and the run's total steps and is
+    stepped every batch (None: a constant rate). `channels_last`
     stores the conv weights NHWC. Metrics are aggregated over the epoch on the device and
     logged once per epoch: train_loss, train_acc, val_loss, val_acc, test_loss, test_acc.
     A loss that is not finite (training or validation) raises FloatingPointError.
@@ -37,8 +40,7 @@ class Classifier(pl.LightningModule):
         optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
         mean: float,
         std: float,
-        schedule: str = "none",
-        pct_start: float = 0.25,
+        scheduler: Callable[[torch.optim.Optimizer, int], LRScheduler] | None = None,
         augment: BatchAugment | None = None,
         label_smoothing: float = 0.0,
         num_classes: int = 10,
@@ -51,12 +53,10 @@ class Classifier(pl.LightningModule):
             # Convolutions run markedly faster on this layout, on CPU (oneDNN) and GPU alike.
             # The uint8 input has one channel, so it is already in this layout.
             net = net.to(memory_format=torch.channels_last)
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not '{schedule}'")
         # torch.compile: the original module keeps the weights (what gets logged and served).
         self.net = torch.compile(net) if compile else net
         self.make_optimizer = optimizer
-        self.schedule, self.pct_start = schedule, pct_start
+        self.make_scheduler = scheduler
         self.augment = augment or BatchAugment()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.teacher = teacher  # not a submodule: never trained, saved or counted
@@ -144,18 +144,9 @@ class Classifier(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.make_optimizer(self.net.parameters())
-        if self.schedule == "none":
+        if self.make_scheduler is None:
             return optimizer
-        steps = int(self.trainer.estimated_stepping_batches)
-        if self.schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        else:
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer,
-                max_lr=[group["lr"] for group in optimizer.param_groups],
-                total_steps=steps,
-                pct_start=self.pct_start,
-            )
+        scheduler = self.make_scheduler(optimizer, int(self.trainer.estimated_stepping_batches))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -99,7 +99,7 @@ def run_config(recipe: str, seed: int, data: str | None, overrides: Sequence[str
     return compose_recipe(recipe, [
         *([f"data={data}"] if data else []), f"seed={seed}",
         *([f"tracking.uri={uri}"] if uri else []), f"tracking.experiment={EXPERIMENT}",
-        "trainer.progress_bar=false", *overrides,
+        "runtime.progress_bar=false", *overrides,
     ])  # fmt: skip
 
 
@@ -140,7 +140,7 @@ def signature(overrides: Sequence[str]) -> str:
 def differences(run: Run, settings: dict[str, str]) -> list[str]:
     """The recipe `settings` (`tracking.recipe_settings`) that `run` logged another value of,
     as "key=logged (now value)"; a setting the run did not log (older code) is not compared."""
-    logged = run.data.params
+    logged = tracking.current_names(run.data.params)
     return [f"{key}={logged[key]} (now {value})" for key, value in settings.items()
             if key in logged and logged[key] != value]  # fmt: skip
 

@@ -182,8 +182,45 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 # Settings of the machine or of one run, not of a recipe; `reference` is the source's figures.
-MACHINE_KEYS = ("seed", "tracking", "data.root", "data.cache_dir", "trainer.threads",
-                "trainer.progress_bar", "trainer.keep_freed_memory")  # fmt: skip
+MACHINE_KEYS = ("seed", "tracking", "data.root", "data.cache_dir", "runtime")
+# Params that runs recorded before conf/runtime/ existed logged under another name.
+RENAMED = {
+    **{f"trainer.{key}": f"runtime.{key}"
+       for key in ("threads", "channels_last", "compile", "progress_bar", "keep_freed_memory")},
+    "trainer.cudnn_benchmark": "trainer.benchmark",
+}  # fmt: skip
+# `scheduler.name`, as runs logged it before schedules were built from `_target_`.
+SCHEDULES = {"none": "constant", "cosine": "cosine", "onecycle": "onecycle"}
+
+
+def current_names(params: Mapping[str, str]) -> dict[str, str]:
+    """A run's logged params under today's names (see RENAMED)."""
+    current = {RENAMED.get(key, key): value for key, value in params.items()}
+    if "scheduler.name" in current:
+        name = current.pop("scheduler.name")
+        current["scheduler._target_"] = f"fmnist_lab.schedules.{SCHEDULES.get(name, name)}"
+        current["scheduler._partial_"] = "True"
+    return current
+
+
+def current_config(config: Mapping[str, Any]) -> dict:
+    """A nested training config as older code recorded it (`config.yaml`), as today's."""
+    config = copy.deepcopy(dict(config))
+    for old, new in RENAMED.items():
+        (old_group, old_key), (new_group, new_key) = old.split("."), new.split(".")
+        if old_key in config.get(old_group, {}):
+            config.setdefault(new_group, {})[new_key] = config[old_group].pop(old_key)
+    if "trainer" in config:  # built by instantiate since conf/runtime/ split from it
+        config["trainer"].setdefault("_target_", "pytorch_lightning.Trainer")
+    if "data" in config and "_target_" not in config["data"]:
+        csv = config["data"].get("name") == "fashion_mnist_csv"
+        config["data"] = {"_target_": f"fmnist_lab.data.{'CsvData' if csv else 'IdxData'}",
+                          **config["data"]}  # fmt: skip
+    if "name" in config.get("scheduler", {}):
+        name = config["scheduler"].pop("name")
+        target = f"fmnist_lab.schedules.{SCHEDULES.get(name, name)}"
+        config["scheduler"] = {"_target_": target, "_partial_": True, **config["scheduler"]}
+    return config
 
 
 def drop_machine_keys(config: Mapping[str, Any]) -> dict:

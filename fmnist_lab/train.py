@@ -57,14 +57,13 @@ def train(
     # Lightning's hints about workers and logging intervals do not apply.
     warnings.filterwarnings("ignore", message=".*(num_workers|log_every_n_steps|LeafSpec).*")
     pl.seed_everything(cfg.seed, verbose=False)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    if cfg.trainer.keep_freed_memory:
+    runtime = cfg.runtime
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    if runtime.keep_freed_memory:
         keep_freed_memory()
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     lr = scaled_lr(cfg)
-    if cfg.trainer.cudnn_benchmark and torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True  # fixed batch shapes: autotune once, reuse
     net = build_model(cfg.model)  # before the data: a bad model config fails at once
     n_params = count_params(net)
     if splits is None:
@@ -77,13 +76,12 @@ def train(
         optimizer=instantiate(cfg.optimizer, lr=lr),
         mean=splits.mean,
         std=splits.std,
-        schedule=cfg.scheduler.name,
-        pct_start=cfg.scheduler.get("pct_start", 0.25),
+        scheduler=instantiate(cfg.scheduler),
         augment=instantiate(cfg.augmentation),
         label_smoothing=cfg.label_smoothing,
         num_classes=len(splits.classes),
-        channels_last=cfg.trainer.channels_last,
-        compile=cfg.trainer.compile,
+        channels_last=runtime.channels_last,
+        compile=runtime.compile,
         teacher=teacher,
     )
     datamodule = DataModule(splits, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.seed)
@@ -98,19 +96,16 @@ def train(
         tracking.log_param_count(n_params)
         mlflow.log_param("lr_effective", lr)  # optimizer.lr after lr_scaling
         logger = MlflowEpochLogger(run.info.run_id)
-        trainer = pl.Trainer(
-            max_epochs=cfg.trainer.max_epochs,
-            accelerator=cfg.trainer.accelerator,
-            devices=cfg.trainer.devices,
+        trainer = instantiate(
+            cfg.trainer,
             precision=precision,
             logger=logger,
             callbacks=list(callbacks),
             enable_checkpointing=False,
             enable_model_summary=False,
-            enable_progress_bar=cfg.trainer.progress_bar,
+            enable_progress_bar=runtime.progress_bar,
             num_sanity_val_steps=0,
             limit_val_batches=1.0 if len(splits.val_y) else 0,
-            deterministic=cfg.trainer.deterministic,
         )
         start = time.perf_counter()
         _interruptible(trainer.fit, module, datamodule=datamodule)

@@ -95,9 +95,11 @@ def splits_of(data_yaml: str) -> Splits:
 def load_run(client: MlflowClient, run_id: str) -> LoggedRun:
     """The logged model of run `run_id` with the splits and precision it was tested on."""
     import mlflow
+    import yaml
     from mlflow.exceptions import MlflowException
     from omegaconf import OmegaConf
 
+    from fmnist_lab import tracking
     from fmnist_lab.predict import quiet
 
     try:
@@ -106,7 +108,8 @@ def load_run(client: MlflowClient, run_id: str) -> LoggedRun:
         raise UserError(f"no run {run_id} in {mlflow.get_tracking_uri()}") from None
     with quiet():
         try:
-            cfg = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
+            text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+            cfg = OmegaConf.create(tracking.current_config(yaml.safe_load(text)))
             model = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")
         except (MlflowException, OSError):
             raise UserError(

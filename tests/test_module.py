@@ -66,11 +66,11 @@ class TrapHostReads(pl.Callback):
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "none"])
 def test_training_steps_never_read_values_back_from_the_device(make_cfg, schedule):
     cfg = make_cfg("model=convnet_20k", "augmentation=crop_flip_erasing", "data.val_size=500",
-                   "data.train_fraction=0.01")  # fmt: skip
+                   "data.train_fraction=0.01", f"scheduler={schedule}")  # fmt: skip
     splits = load_splits(cfg.data)
     module = Classifier(build_model(cfg.model), instantiate(cfg.optimizer), splits.mean,
-                        splits.std, schedule=schedule, augment=instantiate(cfg.augmentation),
-                        label_smoothing=0.1)  # fmt: skip
+                        splits.std, scheduler=instantiate(cfg.scheduler),
+                        augment=instantiate(cfg.augmentation), label_smoothing=0.1)  # fmt: skip
     trap = TrapHostReads()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, callbacks=[trap],
                          enable_checkpointing=False, enable_progress_bar=False,

@@ -38,7 +38,7 @@ def sweep(tmp_path_factory, data_root, cache_dir):
         "fmnist_lab.sweep", "sweep=quick", f"study_name={STUDY}", f"data.root={data_root}",
         f"data.cache_dir={cache_dir}", f"tracking.uri={uri}", "data.val_size=1000",
         "sweep.budget.train_fraction=0.04", "sweep.budget.epochs=1", "sweep.budget.n_trials=6",
-        "sweep.sampler.name=random", "sweep.sampler.seed=1", "workers=2",
+        "sweep/sampler=random", "sweep.sampler.seed=1", "workers=2",
         "sweep.finalists.top_k=2", "sweep.finalists.seeds=2", "sweep.finalists.epochs=1",
         cwd=tmp_path,
     )  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
 from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
@@ -23,7 +24,7 @@ from fmnist_lab.errors import UserError
 from fmnist_lab.sweep.config import WorkerContext
 from fmnist_lab.sweep.finalists import select_finalists
 from fmnist_lab.sweep.repair import HOST, fail_dead_trials, record_missing_runs
-from fmnist_lab.sweep.samplers import make_pruner, make_sampler
+from fmnist_lab.sweep.samplers import left_out, make_pruner, make_sampler
 from fmnist_lab.sweep.study import load_study, open_study_storage
 from fmnist_lab.sweep.worker import gpu_count, gpu_for_worker
 
@@ -82,18 +83,27 @@ def test_trial_config_layers_budget_command_line_and_sample(data_root):
     ],
 )  # fmt: skip
 def test_samplers_and_pruners_come_from_the_sweep_file(sampler, pruner, kinds):
-    cfg = compose_sweep("sweep=lr_wd", f"sweep.sampler.name={sampler}",
-                        f"sweep.pruner.name={pruner}",
+    cfg = compose_sweep("sweep=lr_wd", f"sweep/sampler={sampler}",
+                        f"sweep/pruner={pruner}",
                         "+sweep.space.optimizer.lr.grid=[0.001,0.01]",
                         "+sweep.space.optimizer.weight_decay.grid=[0.0]")  # fmt: skip
     assert isinstance(make_sampler(cfg.sweep), kinds[0])
     assert isinstance(make_pruner(cfg.sweep), kinds[1])
 
 
-def test_unknown_sampler_is_a_user_error():
-    cfg = compose_sweep("sweep=quick", "sweep.sampler.name=cmaes-ish")
-    with pytest.raises(UserError, match="sampler 'cmaes-ish' is not one of"):
-        make_sampler(cfg.sweep)
+def test_a_sampler_setting_another_sampler_does_not_take_is_left_out():
+    """quick sets TPE's n_startup_trials; picking random search on the command line keeps
+    the sweep file valid and says what is left out."""
+    cfg = compose_sweep("sweep=quick", "sweep/sampler=random", "sweep.sampler.seed=7")
+    assert left_out(cfg.sweep) == ["sweep.sampler.n_startup_trials"]
+    sampler = make_sampler(cfg.sweep, offset=2)
+    assert isinstance(sampler, optuna.samplers.RandomSampler)
+    assert sampler._rng.rng.random() == optuna.samplers.RandomSampler(seed=9)._rng.rng.random()
+
+
+def test_unknown_sampler_stops_composition():
+    with pytest.raises(MissingConfigException, match="cmaes-ish"):
+        compose_sweep("sweep=quick", "sweep/sampler=cmaes-ish")
 
 
 @pytest.mark.parametrize(
@@ -175,7 +185,7 @@ def test_multi_objective_sweep_with_two_workers(sweep_env):
     result = run_cli(
         "fmnist_lab.sweep", "sweep=quick", *args, "workers=2", "sweep.budget.n_trials=9",
         "enqueue_references=true",
-        "sweep.budget.epochs=1", "sweep.sampler.name=random", "sweep.sampler.seed=3",
+        "sweep.budget.epochs=1", "sweep/sampler=random", "sweep.sampler.seed=3",
         "sweep.constraints.max_params=200000", "sweep.space.model.filters.length=[1,5]",
         "sweep.finalists.top_k=1",
         "sweep.finalists.seeds=2", "sweep.finalists.epochs=1", cwd=tmp_path,
@@ -212,7 +222,7 @@ def test_multi_objective_sweep_with_two_workers(sweep_env):
     roles = runs_by_role(uri, "quick")
     (parent,) = roles["study"]
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["optuna.sampler"] == "random"
+    assert parent.data.tags["optuna.sampler"] == "RandomSampler"
     assert parent.data.metrics["trials_complete"] == len(complete)
     client = MlflowClient(uri)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
@@ -254,7 +264,7 @@ def test_single_objective_sweep_prunes_weak_trials(sweep_env):
     tmp_path, uri, args = sweep_env
     result = run_cli(
         "fmnist_lab.sweep", "sweep=lr_wd", *args, "model=convnet_20k", "augmentation=none",
-        "sweep.budget.n_trials=6", "sweep.budget.epochs=3", "sweep.sampler.name=random",
+        "sweep.budget.n_trials=6", "sweep.budget.epochs=3", "sweep/sampler=random",
         "sweep.pruner.n_startup_trials=2", "sweep.pruner.n_warmup_steps=0",
         "sweep.space.optimizer.lr.low=1e-5", "sweep.space.optimizer.lr.high=0.05",
         "sweep.finalists.seeds=0", "sweep.log_models=false", cwd=tmp_path,

@@ -17,6 +17,7 @@ from fmnist_lab import space as search_space
 from fmnist_lab.data import Splits, load_splits
 from fmnist_lab.errors import UserError, hydra_message
 from fmnist_lab.storage import check_heartbeat
+from fmnist_lab.sweep.samplers import left_out
 from fmnist_lab.train import scaled_lr
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -74,6 +75,9 @@ def check_sweep(cfg: DictConfig, overrides: Sequence[str]) -> None:
         raise UserError("a sweep selects on the validation split: data.val_size must be > 0")
     check_trial_configs(cfg, overrides)
     check_heartbeat(cfg.heartbeat)
+    unused = left_out(spec)
+    if unused:
+        print(f"note: {', '.join(unused)}: not taken by the chosen sampler or pruner; left out")
     check_finalist_rule(spec.finalists)
     if cfg.registry.select_by not in registry.SCORES:  # checked now, not after the finalists
         raise UserError(f"registry.select_by={cfg.registry.select_by} must be one of "
@@ -144,7 +148,7 @@ def training_config(cfg: DictConfig) -> DictConfig:
 
 def trial_run_config(ctx: WorkerContext, overrides: Sequence[str]) -> DictConfig:
     """The training config of a trial's run: its overrides, validated, never tested."""
-    return ctx.trial_config(overrides, "test=false", "trainer.progress_bar=false",
+    return ctx.trial_config(overrides, "test=false", "runtime.progress_bar=false",
                             f"log_model={ctx.spec.log_models}")  # fmt: skip
 
 

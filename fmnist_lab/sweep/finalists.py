@@ -120,8 +120,8 @@ def rerank(ctx: WorkerContext, study: optuna.Study) -> dict[int, float]:
         if key in known:
             scores[number] = known[key]
         else:
-            extra = ["data.train_fraction=1.0", f"trainer.max_epochs={epochs}", "test=false",
-                     "log_model=false", "trainer.progress_bar=false", "seed=0"]  # fmt: skip
+            extra = [*policy.rerank_overrides, f"trainer.max_epochs={epochs}",
+                     "runtime.progress_bar=false"]  # fmt: skip
             cfg_t = ctx.trial_config(t.user_attrs["overrides"], *extra)
             tags = {"role": "rerank", "optuna.study": study.study_name,
                     "optuna.trial": str(number), "recipe": f"seed 0 x {epochs} epochs"}  # fmt: skip
@@ -168,8 +168,8 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
                 )
             )
             continue
-        base = ["data.val_size=0", "data.train_fraction=1.0", f"trainer.max_epochs={policy.epochs}",
-                "test=true", "log_model=true", "trainer.progress_bar=false"]  # fmt: skip
+        base = [*policy.overrides, f"trainer.max_epochs={policy.epochs}",
+                "runtime.progress_bar=false"]  # fmt: skip
         cfg_t = ctx.trial_config(t.user_attrs["overrides"], *base)
         size = tracking.human_count(t.user_attrs["params"])
         name = f"finalist-t{t.number}-{cfg_t.model.name}-{size}"

@@ -59,8 +59,8 @@ def open_parent_run(cfg: DictConfig, study: optuna.Study) -> mlflow.ActiveRun:
         tags={
             "role": "study",
             "optuna.study": cfg.study_name,
-            "optuna.sampler": spec.sampler.name,
-            "optuna.pruner": spec.pruner.name,
+            "optuna.sampler": spec.sampler._target_.rpartition(".")[2],
+            "optuna.pruner": spec.pruner._target_.rpartition(".")[2],
             "optuna.storage": redact(storage_url(cfg)),
             "dataset": cfg.data.name,
             "git_commit": tracking.git_commit(),

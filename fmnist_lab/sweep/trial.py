@@ -18,6 +18,7 @@ from fmnist_lab.models import build_model, count_params
 from fmnist_lab.storage import trial_id
 from fmnist_lab.sweep.config import WorkerContext, trial_run_config
 from fmnist_lab.sweep.repair import finish
+from fmnist_lab.sweep.samplers import prunes
 from fmnist_lab.train import train
 
 
@@ -75,7 +76,7 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
 
     # Pruners compare the reported val_acc with the study's direction: only meaningful when
     # that is the one objective (Optuna cannot prune multi-objective studies at all).
-    prunable = [o.metric for o in spec.objectives] == ["val_acc"] and spec.pruner.name != "none"
+    prunable = [o.metric for o in spec.objectives] == ["val_acc"] and prunes(spec)
     pruning = PruneOnValidation(trial, enabled=prunable)
     try:
         result = train(

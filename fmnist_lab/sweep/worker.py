@@ -83,7 +83,7 @@ def worker_main(
         import torch
 
         torch.set_num_threads(threads)
-        overrides = [*overrides, f"trainer.threads={threads}"]
+        overrides = [*overrides, f"runtime.threads={threads}"]
     # The sweep found the server answering before it started this worker: an outage since then
     # (a restart) is waited out as long as MLflow's client waits one out in a running trial.
     tracking.configure(cfg.tracking.uri, cfg.tracking.experiment, tracking.retry_window_s())
