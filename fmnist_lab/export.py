@@ -28,8 +28,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lab import report, tracking
+from fmnist_lab import tracking
 from fmnist_lab.errors import UserError, exit_cleanly
+from fmnist_lab.report.runs import study_parent, study_runs
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "trainer")
@@ -37,10 +38,10 @@ GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "trainer")
 
 def finalists(client: MlflowClient, study: str) -> list[Run]:
     """The study's finished finalist runs (newest parent run of that name)."""
-    parent = report.study_parent(client, study)
+    parent = study_parent(client, study)
     return [
         run
-        for run in report.study_runs(client, parent)
+        for run in study_runs(client, parent)
         if run.data.tags.get("role") == "finalist"
         and run.info.status == "FINISHED"
         and "test_accs" in run.data.tags

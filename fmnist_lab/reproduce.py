@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from fmnist_lab import tracking
 from fmnist_lab.errors import UserError, exit_cleanly, hydra_message
+from fmnist_lab.tables import markdown
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENT = "references"
@@ -266,10 +267,6 @@ def render(rows: Sequence[Row], fmt: str) -> str:
         })  # fmt: skip
     frame = pd.DataFrame(records)
     if fmt == "markdown":
-        # The report module imports plotly, which training alone does not need (the GPU
-        # session's machine lacks it), so only the Markdown table pays for it.
-        from fmnist_lab.report import markdown
-
         table = markdown(frame, left=("ref", "recipe"))
     else:
         table = frame.to_string(index=False, justify="left")

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from fmnist_lab import export, tracking
 from fmnist_lab.data import load_splits
 from fmnist_lab.registry import register_champion
-from fmnist_lab.report import pareto_flags
+from fmnist_lab.report.runs import pareto_flags
 
 from .conftest import free_port, run_cli
 from .test_train import assert_real_png
@@ -240,12 +240,12 @@ def test_compare_datasets_lines_up_a_config_on_both(tmp_path, data_root, cache_d
     mnist = next(r for r in runs if r.data.tags["dataset"] == "mnist")
     assert row["MNIST"] == f"{100 * mnist.data.metrics['test_acc']:.2f} (n=1)"  # no std of one
 
-    # Datasets never share a frontier: a mixed report asks for one, --dataset picks it.
+    # Datasets never share a frontier: a mixed report asks for one, --data picks it.
     mixed = run_cli("fmnist_lab.report", "--tracking-uri", uri, "--experiment", "both",
                     cwd=tmp_path)  # fmt: skip
     assert mixed.returncode == 2 and "several datasets" in mixed.stderr
     picked = run_cli("fmnist_lab.report", "--tracking-uri", uri, "--experiment", "both",
-                     "--dataset", "fashion_mnist", "--format", "json", cwd=tmp_path)  # fmt: skip
+                     "--data", "fashion_mnist", "--format", "json", cwd=tmp_path)  # fmt: skip
     assert picked.returncode == 0, picked.stderr[-3000:]
     assert {r["dataset"] for r in json.loads(picked.stdout)} == {"fashion_mnist"}
 

@@ -19,8 +19,8 @@ from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from fmnist_lab import report
 from fmnist_lab.errors import UserError
+from fmnist_lab.report.runs import collect, study_runs
 from fmnist_lab.sweep.config import WorkerContext
 from fmnist_lab.sweep.finalists import select_finalists
 from fmnist_lab.sweep.repair import HOST, fail_dead_trials, record_missing_runs
@@ -346,7 +346,7 @@ def test_rerank_trains_the_best_trials_again_and_picks_on_validation(sweep_env):
     assert finalist.data.tags["optuna.trial"] == str(winner)
     assert finalist.data.metrics["rerank_val_acc"] == pytest.approx(scores[winner])
     # The report keeps them off the trials' frontier (another training length).
-    rows = report.collect(report.study_runs(MlflowClient(uri), parent=roles["study"][0]))
+    rows = collect(study_runs(MlflowClient(uri), parent=roles["study"][0]))
     assert "rerank" not in {row.role for row in rows} and len(rows) == 4
 
     # Run again: the reranked trials and the finalist are kept, nothing trains again.
