@@ -20,17 +20,14 @@ import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-import yaml
-from hydra import compose, initialize_config_dir
-from mlflow import MlflowClient
-from mlflow.entities import Run
-from omegaconf import DictConfig, OmegaConf
-
-from fmnist_lab import tracking
 from fmnist_lab.errors import UserError, exit_cleanly
-from fmnist_lab.report.runs import study_parent, study_runs
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+    from omegaconf import DictConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "trainer")
@@ -38,6 +35,8 @@ GROUPS = ("data", "model", "optimizer", "scheduler", "augmentation", "trainer")
 
 def finalists(client: MlflowClient, study: str) -> list[Run]:
     """The study's finished finalist runs (newest parent run of that name)."""
+    from fmnist_lab.report.runs import study_parent, study_runs
+
     parent = study_parent(client, study)
     return [
         run
@@ -70,12 +69,23 @@ def pick(runs: Sequence[Run], max_params: int) -> Run | None:
 
 def finalist_config(run: Run) -> DictConfig:
     """The training config the finalist's seeds ran with (its `config.yaml` artifact)."""
+    import mlflow
+    import yaml
+    from omegaconf import OmegaConf
+
+    from fmnist_lab import tracking
+
     text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
     return OmegaConf.create(tracking.current_config(yaml.safe_load(text)))
 
 
 def _compose(overrides: Sequence[str]) -> dict:
     """conf/train.yaml with these overrides, less the machine's settings."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fmnist_lab import tracking
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides))
     return tracking.drop_machine_keys(OmegaConf.to_container(cfg, resolve=True))
@@ -118,6 +128,10 @@ def difference(config: dict, base: dict) -> dict:
 
 def experiment_text(name: str, budget: int, config: dict, run: Run, study: str) -> str:
     """The experiment file of one finalist."""
+    import yaml
+
+    from fmnist_lab import tracking
+
     config = tracking.drop_machine_keys(config)
     choices = group_choices(config)
     base = _compose([f"{g}={c}" for g, c in choices.items()])
@@ -162,7 +176,7 @@ def parse_budget(item: str) -> tuple[str, int]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fmnist_lab.export",
+        prog="fmnist-lab export",
         description="Write a study's finalists as conf/experiment/NAME.yaml, one per budget.",
     )
     parser.add_argument("budgets", nargs="+", metavar="NAME=MAX_PARAMS")
@@ -177,6 +191,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @exit_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    # imported once parsed: --help answers without loading torch or MLflow
+    import mlflow
+    from mlflow import MlflowClient
+    from omegaconf import OmegaConf
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     budgets = [parse_budget(item) for item in args.budgets]
     if args.tracking_uri:

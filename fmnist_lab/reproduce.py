@@ -19,18 +19,14 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-import pandas as pd
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
-from mlflow import MlflowClient
-from mlflow.entities import Run
-from omegaconf import DictConfig
-
-from fmnist_lab import tracking
 from fmnist_lab.errors import UserError, exit_cleanly, hydra_message
-from fmnist_lab.tables import markdown
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+    from omegaconf import DictConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 EXPERIMENT = "references"
@@ -48,6 +44,9 @@ def recipes() -> dict[str, DictConfig]:
 
 def compose_recipe(name: str, overrides: Sequence[str]) -> DictConfig:
     """conf/train.yaml with `experiment=<name>` and the overrides; a bad one: one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         try:
             return compose("train", overrides=[f"experiment={name}", *overrides])
@@ -141,6 +140,8 @@ def signature(overrides: Sequence[str]) -> str:
 def differences(run: Run, settings: dict[str, str]) -> list[str]:
     """The recipe `settings` (`tracking.recipe_settings`) that `run` logged another value of,
     as "key=logged (now value)"; a setting the run did not log (older code) is not compared."""
+    from fmnist_lab import tracking
+
     logged = tracking.current_names(run.data.params)
     return [f"{key}={logged[key]} (now {value})" for key, value in settings.items()
             if key in logged and logged[key] != value]  # fmt: skip
@@ -159,6 +160,8 @@ class Recorded:
 def recorded(client: MlflowClient, recipe: str, cfg: DictConfig, seeds: int) -> Recorded:
     """The finished runs of seeds 0..seeds-1 of `recipe` on `cfg`'s dataset, sorted by
     whether they were trained with `cfg`'s settings (the seed aside)."""
+    from fmnist_lab import tracking
+
     found = Recorded()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
@@ -189,6 +192,8 @@ def reproduce(recipe: str, seeds: int, data: str | None, overrides: Sequence[str
               uri: str | None, only: Sequence[int] = ()) -> None:  # fmt: skip
     """Train the seeds 0..seeds-1 of `recipe` (or just those in `only`) not recorded yet
     with the recipe's settings as they are now."""
+    from mlflow import MlflowClient
+
     from fmnist_lab.train import train  # torch and Lightning only when training
 
     found = recorded(MlflowClient(), recipe, run_config(recipe, 0, data, overrides, uri), seeds)
@@ -215,6 +220,8 @@ def table_rows(known: dict[str, DictConfig], names: Sequence[str], seeds: int,
     """One row per recipe of `known` (or of `names`) from the runs MLflow holds (with no
     runs: the row, empty). The reported figures stand beside a recipe only on the data its
     source used."""
+    from mlflow import MlflowClient
+
     from fmnist_lab.models import build_model, count_params
 
     client, rows = MlflowClient(), []
@@ -245,6 +252,10 @@ def table_rows(known: dict[str, DictConfig], names: Sequence[str], seeds: int,
 
 def render(rows: Sequence[Row], fmt: str) -> str:
     """The table as aligned text or Markdown, with the footnote for the marked rows."""
+    import pandas as pd
+
+    from fmnist_lab.tables import markdown
+
     records = []
     for r in rows:
         ours = f"{r.runs} runs, no test_acc" if r.runs else "not run"
@@ -281,7 +292,7 @@ def _reported(row: Row) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fmnist_lab.reproduce", description=__doc__.splitlines()[0]
+        prog="fmnist-lab reproduce", description=__doc__.splitlines()[0]
     )
     parser.add_argument("recipes", nargs="*", help="experiment names (default: every reference)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per recipe (3)")
@@ -301,6 +312,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @exit_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    # imported once parsed: --help answers without loading torch or MLflow
+    import mlflow
+
+    from fmnist_lab import tracking
+
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     known = checked_recipes(args.recipes, args.seeds, args.data, args.set)
     outside = [s for s in args.only_seeds if not 0 <= s < args.seeds]

@@ -31,7 +31,7 @@ def test_cv_logs_one_run_per_fold(tmp_path, data_root, cache_dir):
     result = run_cli(
         "fmnist_lab.cv", "folds=3", f"data.root={data_root}", f"data.cache_dir={cache_dir}",
         f"tracking.uri={uri}", "data.train_fraction=0.05", "trainer.max_epochs=1",
-        "model.filters=[8,16]", "trainer.progress_bar=false", cwd=tmp_path,
+        "model.filters=[8,16]", "runtime.progress_bar=false", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(uri)

@@ -19,7 +19,7 @@ from .conftest import run_cli
 
 STUDENT = [
     "model=convnet_20k", "data.train_fraction=0.05", "data.val_size=1000",
-    "trainer.max_epochs=2", "trainer.progress_bar=false", "evaluate=false", "log_model=false",
+    "trainer.max_epochs=2", "runtime.progress_bar=false", "evaluate=false", "log_model=false",
 ]  # fmt: skip
 SAID = 3  # the class the constant teacher names for every image: 1,000 of the 10,000 tests
 

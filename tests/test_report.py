@@ -225,7 +225,7 @@ def test_compare_datasets_lines_up_a_config_on_both(tmp_path, data_root, cache_d
     common = [f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}",
               "tracking.experiment=both", "data.train_fraction=0.02", "data.val_size=500",
               "trainer.max_epochs=1", "log_model=false", "evaluate=false",
-              "trainer.progress_bar=false", "model.filters=[8,16]"]  # fmt: skip
+              "runtime.progress_bar=false", "model.filters=[8,16]"]  # fmt: skip
     for dataset, seed in (("fashion_mnist", 0), ("fashion_mnist", 1), ("mnist", 0)):
         run = run_cli("fmnist_lab.train", f"data={dataset}", f"seed={seed}", *common, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-3000:]

@@ -41,7 +41,7 @@ def champion(tmp_path_factory, data_root, cache_dir):
     result = run_cli(
         "fmnist_lab.train", f"tracking.uri={uri}", f"data.root={data_root}",
         f"data.cache_dir={cache_dir}", "data.train_fraction=0.1", "trainer.max_epochs=1",
-        "model.filters=[8,16]", "trainer.progress_bar=false", "evaluate=false", cwd=home,
+        "model.filters=[8,16]", "runtime.progress_bar=false", "evaluate=false", cwd=home,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(uri)

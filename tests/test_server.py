@@ -43,7 +43,7 @@ def test_runs_log_through_the_server_with_proxied_artifacts(tmp_path, data_root,
         result = run_cli(
             "fmnist_lab.train", f"tracking.uri={url}", f"data.root={data_root}",
             f"data.cache_dir={cache_dir}", "data.train_fraction=0.02", "data.val_size=500",
-            "trainer.max_epochs=1", "model.filters=[8,16]", "trainer.progress_bar=false",
+            "trainer.max_epochs=1", "model.filters=[8,16]", "runtime.progress_bar=false",
             cwd=client_dir,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]

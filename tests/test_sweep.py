@@ -19,7 +19,6 @@ from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from fmnist_lab.errors import UserError
 from fmnist_lab.report.runs import collect, study_runs
 from fmnist_lab.sweep.config import WorkerContext
 from fmnist_lab.sweep.finalists import select_finalists

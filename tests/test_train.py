@@ -33,7 +33,7 @@ from .conftest import CONF, default_sigint, run_cli
 # A small CNN on 4,400 real training images for 3 epochs.
 SHORT_RUN = [
     "model=convnet", "data.train_fraction=0.08", "data.val_size=2000",
-    "trainer.max_epochs=3", "trainer.progress_bar=false",
+    "trainer.max_epochs=3", "runtime.progress_bar=false",
 ]  # fmt: skip
 MIN_VAL_ACC = 0.82  # what this run must reach on the 2,000 validation images
 
@@ -192,7 +192,7 @@ def assert_real_png(path: Path, size: tuple[int, int]) -> None:
 
 def test_same_seed_same_run(make_cfg, tracking_uri):
     overrides = ["model=convnet_20k", "data.train_fraction=0.03", "data.val_size=500",
-                 "trainer.max_epochs=1", "trainer.progress_bar=false", "test=false",
+                 "trainer.max_epochs=1", "runtime.progress_bar=false", "test=false",
                  "log_model=false", f"tracking.uri={tracking_uri}"]  # fmt: skip
     first = train(make_cfg(*overrides, "seed=7"))
     second = train(make_cfg(*overrides, "seed=7"))
@@ -206,7 +206,7 @@ def test_augmented_run_with_schedule_and_mnist(make_cfg, tracking_uri):
     cfg = make_cfg("data=mnist", "model=convnet_20k", "augmentation=crop",
                    "optimizer=sgd", "scheduler=cosine", "label_smoothing=0.1",
                    "data.train_fraction=0.05", "data.val_size=1000", "trainer.max_epochs=2",
-                   "trainer.progress_bar=false", "log_model=false",
+                   "runtime.progress_bar=false", "log_model=false",
                    f"tracking.uri={tracking_uri}")  # fmt: skip
     result = train(cfg)
     assert result.metrics["val_acc"] > 0.85
@@ -219,7 +219,7 @@ def test_diverging_run_ends_failed_with_the_reason(tmp_path, data_root, cache_di
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_cli(
         "fmnist_lab.train", "model=convnet_20k", "optimizer=sgd", "optimizer.lr=1e30",
-        "data.train_fraction=0.02", "trainer.max_epochs=2", "trainer.progress_bar=false",
+        "data.train_fraction=0.02", "trainer.max_epochs=2", "runtime.progress_bar=false",
         f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}",
         cwd=tmp_path,
     )  # fmt: skip
@@ -237,7 +237,7 @@ def test_ctrl_c_ends_the_run_killed_with_exit_130(tmp_path, data_root, cache_dir
     client.search_experiments()  # creates the store now, not in a race with the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "fmnist_lab.train", "model=convnet_20k",
-         "data.train_fraction=0.05", "trainer.max_epochs=200", "trainer.progress_bar=false",
+         "data.train_fraction=0.05", "trainer.max_epochs=200", "runtime.progress_bar=false",
          f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint,
@@ -298,7 +298,7 @@ class FirstStepLR(pl.Callback):
 def test_large_batch_run_trains_at_the_scaled_rate(make_cfg, tracking_uri):
     cfg = make_cfg("model=convnet_20k", "optimizer=sgd", "scheduler=none",
                    "data.batch_size=512", "lr_scaling.rule=linear", "data.train_fraction=0.05",
-                   "data.val_size=500", "trainer.max_epochs=1", "trainer.progress_bar=false",
+                   "data.val_size=500", "trainer.max_epochs=1", "runtime.progress_bar=false",
                    "test=false", "log_model=false", f"tracking.uri={tracking_uri}")  # fmt: skip
     seen = FirstStepLR()
     result = train(cfg, callbacks=[seen])
@@ -365,4 +365,4 @@ def test_kept_memory_is_not_faulted_in_again_at_every_step(make_cfg):
     # reused and nothing is faulted in (measured: 0 against 327,700).
     assert counts["default"] >= 20 * 30, counts
     assert counts["keep"] <= counts["default"] / 100, counts
-    assert make_cfg().trainer.keep_freed_memory is True  # every training applies it
+    assert make_cfg().runtime.keep_freed_memory is True  # every training applies it

@@ -70,7 +70,7 @@ def test_cli_reproduces_the_logged_accuracy_and_logs_the_views(
         trained = run_cli(
             "fmnist_lab.train", "model=convnet_20k", "augmentation=crop_flip", f"seed={seed}",
             "data.train_fraction=0.05", "data.val_size=1000", "trainer.max_epochs=2",
-            "trainer.precision=bf16-mixed", "trainer.progress_bar=false", "evaluate=false",
+            "trainer.precision=bf16-mixed", "runtime.progress_bar=false", "evaluate=false",
             f"tracking.uri={tracking_uri}", f"data.root={data_root}",
             f"data.cache_dir={cache_dir}", cwd=tmp_path,
         )  # fmt: skip

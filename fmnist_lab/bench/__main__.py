@@ -13,7 +13,7 @@ from fmnist_lab.options import add_data, add_storage
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fmnist_lab.bench", description=bench.__doc__.splitlines()[0]
+        prog="fmnist-lab bench", description=bench.__doc__.splitlines()[0]
     )
     parser.add_argument("--model", nargs="*", default=["convnet"], help="conf/model names")
     add_data(parser, help="the dataset whose training images are timed",
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 "(default: a journal file)")  # fmt: skip
     parser.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
                         help="keep: freed CPU memory is kept for reuse, as training does "
-                        "(trainer.keep_freed_memory); glibc: its default, which returns large "
+                        "(runtime.keep_freed_memory); glibc: its default, which returns large "
                         "blocks to the kernel")  # fmt: skip
     parser.add_argument(
         "--no-channels-last",

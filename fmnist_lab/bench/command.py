@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> None:
     if args.malloc == "keep":
         malloc = "keep" if keep_freed_memory() else "glibc (keep unavailable: not glibc)"
     else:  # nor do the trainings and sweeps it starts
-        unkept = ["trainer.keep_freed_memory=false"]
+        unkept = ["runtime.keep_freed_memory=false"]
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")

@@ -63,7 +63,7 @@ def time_to_accuracy(target: float, train_args: list[str], max_epochs: int):
             "test=false",
             "log_model=false",
             "evaluate=false",
-            "trainer.progress_bar=false",
+            "runtime.progress_bar=false",
             f"tracking.uri=sqlite:///{tmp}/mlflow.db",
         ]
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -15,7 +15,7 @@ FORMATS = ("table", "markdown", "csv", "json")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fmnist_lab.report",
+        prog="fmnist-lab report",
         description="Compare runs by parameter count against accuracy.",
     )
     pick = parser.add_argument_group("what to compare (one of)")
