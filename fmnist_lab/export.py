@@ -139,7 +139,6 @@ def experiment_text(name: str, budget: int, config: dict, run: Run, study: str) 
     accs = json.loads(run.data.tags["test_accs"])
     params = int(run.data.metrics["params"])
     mean = statistics.fmean(accs)
-    spread = f" +/- {statistics.stdev(accs):.2%}" if len(accs) > 1 else ""
     trial = run.data.tags.get("optuna.trial", "?")
     body["reference"] = {
         "label": f"{name} (study {study}, trial {trial})",
@@ -148,14 +147,8 @@ def experiment_text(name: str, budget: int, config: dict, run: Run, study: str) 
     }
     header = [
         "# @package _global_",
-        f"# {name}: finalist of trial {trial} of the study '{study}' (MLflow run "
-        f"{run.info.run_id}),",
-        f"# the most accurate on validation ({selection_val(run):.2%}) of the "
-        f"finalists with at most {budget:,} parameters.",
-        f"# Measured: {params:,} parameters, test accuracy {mean:.2%}{spread} over "
-        f"{len(accs)} seeds.",
-        "# Written by `python -m fmnist_lab.export`; trains with `python -m fmnist_lab.train "
-        f"experiment={name}`.",
+        f"# Trial {trial} of study '{study}' (run {run.info.run_id}), the most accurate on "
+        f"validation ({selection_val(run):.2%}) within {budget:,} parameters: fmnist-lab export.",
         "defaults:",
         *(f"  - override /{group}: {choice}" for group, choice in choices.items()),
         "",

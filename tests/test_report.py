@@ -305,7 +305,9 @@ def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(s
     for name, run in (("best_small", smallest), ("best_any", on_val)):
         text = (out / f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_\n")
-        assert f"trial {run.data.tags['optuna.trial']} " in text
+        comments = [line for line in text.splitlines() if line.startswith("#")]
+        assert len(comments) == 2  # the package line, then one line of provenance
+        assert f"Trial {run.data.tags['optuna.trial']} of study" in comments[1]
         with initialize_config_dir(config_dir=str(export.CONF), version_base="1.3"):
             cfg = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path}]",
                                               f"experiment={name}"])  # fmt: skip
