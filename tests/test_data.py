@@ -37,7 +37,8 @@ def full_fmnist(data_root, cache_dir):
     """Fashion-MNIST with no validation split: all 60,000 training images."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create(dict(name="fashion_mnist", root=str(data_root),
+    cfg = OmegaConf.create(dict(_target_="fmnist_lab.data.IdxData", name="fashion_mnist",
+                                root=str(data_root),
                                 cache_dir=str(cache_dir), val_size=0, split_seed=0,
                                 train_fraction=1.0))  # fmt: skip
     return load_splits(cfg)
