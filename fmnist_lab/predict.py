@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,7 @@ def load_classifier(ref: str = DEFAULT_MODEL, dataset: str | None = None) -> Loa
 
         check_server(mlflow.get_tracking_uri())
     info = describe(uri)
-    with quiet():
+    with quiet(), without_lightning():
         try:
             model = mlflow.pyfunc.load_model(uri)
         except (MlflowException, OSError) as err:
@@ -147,6 +148,22 @@ def quiet():
         warnings.simplefilter("ignore")
         logging.getLogger("mlflow").setLevel(logging.ERROR)
         yield
+
+
+@contextlib.contextmanager
+def without_lightning():
+    """Load a model without Lightning: MLflow's pytorch flavor imports it (4 s here) only for
+    its autologging, which it skips when the import fails; a None in sys.modules makes it
+    fail. A process that has Lightning already (a training, the tests) keeps it."""
+    if "pytorch_lightning" in sys.modules:
+        yield
+        return
+    sys.modules["pytorch_lightning"] = None
+    try:
+        yield
+    finally:
+        if sys.modules.get("pytorch_lightning", 0) is None:
+            del sys.modules["pytorch_lightning"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
