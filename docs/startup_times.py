@@ -45,9 +45,10 @@ def main() -> None:
     parser.add_argument("--predict-model")
     parser.add_argument("--predict-image")
     parser.add_argument("--tracking-uri")
+    parser.add_argument("--no-help", action="store_true", help="time predict only")
     args = parser.parse_args()
     checkouts = {n: Path(p).resolve() for n, p in (c.split("=", 1) for c in args.checkout)}
-    jobs = {f"{verb} --help": [verb, "--help"] for verb in VERBS}
+    jobs = {} if args.no_help else {f"{verb} --help": [verb, "--help"] for verb in VERBS}
     if args.predict_model:
         jobs["predict (one image)"] = [
             "predict", args.predict_image, "--model", args.predict_model,
