@@ -1,5 +1,6 @@
 """The comparison report and the model registry, on a real small sweep's
-MLflow store and Optuna journal, and on real training runs."""
+MLflow store and Optuna journal (real data), and on real training runs (small generated data:
+the report's mechanics, no accuracy)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def test_pareto_flags_on_hand_made_points():
     assert pareto_flags([]) == []
 
 
+@pytest.mark.slow
 def test_report_rows_equal_what_mlflow_holds(sweep):
     tmp_path, uri, _ = sweep
     result = report(tmp_path, uri, "--study", STUDY, "--format", "json", "--no-log")
@@ -99,6 +101,7 @@ def test_report_rows_equal_what_mlflow_holds(sweep):
     assert [r["pareto"] for r in rows] == flags and any(flags)
 
 
+@pytest.mark.slow
 def test_report_formats(sweep):
     tmp_path, uri, _ = sweep
     n = len(expected_rows(uri))
@@ -112,6 +115,7 @@ def test_report_formats(sweep):
     assert len(frame) == n and {"params", "val_acc", "test_acc_mean", "pareto"} <= set(frame)
 
 
+@pytest.mark.slow
 def test_report_plots_and_study_analyses_are_logged_to_the_parent(sweep):
     tmp_path, uri, _ = sweep
     result = report(tmp_path, uri, "--study", STUDY, "--output", str(tmp_path / "rep"))
@@ -138,6 +142,7 @@ def test_report_plots_and_study_analyses_are_logged_to_the_parent(sweep):
     } <= logged  # fmt: skip
 
 
+@pytest.mark.slow
 def test_report_errors_are_one_line(sweep):
     tmp_path, uri, _ = sweep
     missing = report(tmp_path, uri, "--study", "no_such_study")
@@ -159,6 +164,7 @@ def test_report_errors_are_one_line(sweep):
     assert not gone.exists()
 
 
+@pytest.mark.slow
 def test_named_runs_are_listed_even_when_parts_of_others(sweep):
     tmp_path, uri, _ = sweep
     client = MlflowClient(uri)
@@ -172,7 +178,8 @@ def test_named_runs_are_listed_even_when_parts_of_others(sweep):
     )
 
 
-def test_champion_is_registered_and_predicts(sweep, make_cfg):
+@pytest.mark.slow
+def test_champion_is_registered_and_predicts(sweep, make_real_cfg):
     tmp_path, uri, result = sweep
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -193,13 +200,14 @@ def test_champion_is_registered_and_predicts(sweep, make_cfg):
     assert pd.read_csv(summed, index_col=0).to_numpy().sum() == 2 * 10000  # two seeds
 
     model = mlflow.pyfunc.load_model("models:/fmnist-fashion_mnist@champion")
-    splits = load_splits(make_cfg("data.val_size=0").data)
+    splits = load_splits(make_real_cfg("data.val_size=0").data)
     probs = model.predict((splits.test_x.float() / 255).numpy())
     accuracy = (probs.argmax(1) == splits.test_y.numpy()).mean()
     seed0 = json.loads(best.data.tags["test_accs"])[0]  # the registered model is seed 0's
     assert accuracy == pytest.approx(seed0, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_alias_moves_only_to_a_better_champion(sweep):
     _, uri, _ = sweep
     mlflow.set_tracking_uri(uri)
@@ -220,9 +228,10 @@ def test_alias_moves_only_to_a_better_champion(sweep):
     assert str(champion.version) == better.version
 
 
-def test_compare_datasets_lines_up_a_config_on_both(tmp_path, data_root, cache_dir):
+@pytest.mark.slow
+def test_compare_datasets_lines_up_a_config_on_both(tmp_path, small_data):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = [f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}",
+    common = [*small_data.cfg_overrides(), f"tracking.uri={uri}",
               "tracking.experiment=both", "data.train_fraction=0.02", "data.val_size=500",
               "trainer.max_epochs=1", "log_model=false", "evaluate=false",
               "trainer.progress_bar=false", "model.filters=[8,16]"]  # fmt: skip
@@ -259,6 +268,7 @@ def test_compare_datasets_lines_up_a_config_on_both(tmp_path, data_root, cache_d
     assert_real_png(out / "params_vs_accuracy.png", (1100, 650))
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_opens_the_sweeps_journal(sweep):
     tmp_path, _, _ = sweep
     journal = tmp_path / "outputs" / "sweeps" / STUDY / "optuna.journal"
@@ -282,6 +292,7 @@ def test_optuna_dashboard_opens_the_sweeps_journal(sweep):
         dashboard.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(sweep, tmp_path):
     study_dir, uri, _ = sweep
     mlflow.set_tracking_uri(uri)  # for runs:/ URIs, whichever tests ran before
