@@ -148,7 +148,7 @@ def test_a_dead_machines_trial_fails_and_the_others_finish(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(uri).search_experiments()  # the store exists before two processes race
     args = [f"storage={postgres_url}", f"tracking.uri={uri}", "sweep.budget.n_trials=5",
-            "sweep.budget.epochs=4", "sweep.budget.train_fraction=0.1", "sweep.finalists.seeds=0",
+            "sweep.budget.epochs=4", "sweep.budget.train_fraction=0.05", "sweep.finalists.seeds=0",
             "heartbeat.interval_s=1", "heartbeat.grace_s=5"]  # fmt: skip
     doomed = machines("doomed", args)
     survivor = machines("survivor", args)

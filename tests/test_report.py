@@ -1,6 +1,7 @@
 """The comparison report and the model registry, on a real small sweep's
-MLflow store and Optuna journal (real data), and on real training runs (small generated data:
-the report's mechanics, no accuracy)."""
+MLflow store and Optuna journal, and on real training runs; all on small generated data
+(tests/small_data.py): what is asserted is the report's and the registry's mechanics, no
+accuracy."""
 
 from __future__ import annotations
 
@@ -24,21 +25,23 @@ from fmnist_lab.registry import register_champion
 from fmnist_lab.report import pareto_flags
 
 from .conftest import free_port, run_cli
+from .small_data import N_TEST
 from .test_train import assert_real_png
 
 STUDY = "report_test"
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, data_root, cache_dir):
-    """A real multi-objective sweep: 6 trials on 2,200 images, 2 finalists x 2 seeds."""
+def sweep(tmp_path_factory, small_data):
+    """A real multi-objective sweep on the small generated data: 6 trials on 2,000 images,
+    2 finalists x 2 seeds (on all 6,000)."""
     tmp_path = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(uri).search_experiments()  # create the store before the workers race for it
     result = run_cli(
-        "fmnist_lab.sweep", "sweep=quick", f"study_name={STUDY}", f"data.root={data_root}",
-        f"data.cache_dir={cache_dir}", f"tracking.uri={uri}", "data.val_size=1000",
-        "sweep.budget.train_fraction=0.04", "sweep.budget.epochs=1", "sweep.budget.n_trials=6",
+        "fmnist_lab.sweep", "sweep=quick", f"study_name={STUDY}", *small_data.cfg_overrides(),
+        f"tracking.uri={uri}", "data.val_size=1000", "sweep.budget.train_fraction=0.4",
+        "sweep.budget.epochs=1", "sweep.budget.n_trials=6",
         "sweep.sampler.name=random", "sweep.sampler.seed=1", "workers=2",
         "sweep.finalists.top_k=2", "sweep.finalists.seeds=2", "sweep.finalists.epochs=1",
         cwd=tmp_path,
@@ -179,7 +182,7 @@ def test_named_runs_are_listed_even_when_parts_of_others(sweep):
 
 
 @pytest.mark.slow
-def test_champion_is_registered_and_predicts(sweep, make_real_cfg):
+def test_champion_is_registered_and_predicts(sweep, make_cfg):
     tmp_path, uri, result = sweep
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -197,10 +200,10 @@ def test_champion_is_registered_and_predicts(sweep, make_real_cfg):
     assert {"evaluation_seed0/confident_mistakes.png", "evaluation_seed0/learning_curves.png",
             "evaluation_seed0/sample_predictions.png"} <= artifacts  # fmt: skip
     summed = client.download_artifacts(best.info.run_id, "evaluation/confusion_matrix.csv")
-    assert pd.read_csv(summed, index_col=0).to_numpy().sum() == 2 * 10000  # two seeds
+    assert pd.read_csv(summed, index_col=0).to_numpy().sum() == 2 * N_TEST  # two seeds
 
     model = mlflow.pyfunc.load_model("models:/fmnist-fashion_mnist@champion")
-    splits = load_splits(make_real_cfg("data.val_size=0").data)
+    splits = load_splits(make_cfg("data.val_size=0").data)
     probs = model.predict((splits.test_x.float() / 255).numpy())
     accuracy = (probs.argmax(1) == splits.test_y.numpy()).mean()
     seed0 = json.loads(best.data.tags["test_accs"])[0]  # the registered model is seed 0's
@@ -324,8 +327,8 @@ def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(s
         reference = composed.pop("reference")
         recorded = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
         original = OmegaConf.to_container(OmegaConf.create(recorded), resolve=True)
-        # `train experiment=<name>` trains what the finalist's seeds trained (on all 60,000
-        # images: no validation split), less the machine's folders, threads, store and seed.
+        # `train experiment=<name>` trains what the finalist's seeds trained (on every training
+        # image: no validation split), less the machine's folders, threads, store and seed.
         assert tracking.drop_machine_keys(composed) == tracking.drop_machine_keys(original)
         assert composed["data"]["val_size"] == 0
         accs = json.loads(run.data.tags["test_accs"])

@@ -187,8 +187,8 @@ def compose_sweep(*overrides: str):
 
 
 @pytest.mark.slow
-def test_multi_objective_sweep_with_two_workers(sweep_env):
-    tmp_path, uri, args = sweep_env
+def test_multi_objective_sweep_with_two_workers(small_sweep_env):
+    tmp_path, uri, args = small_sweep_env
     result = run_cli(
         "fmnist_lab.sweep", "sweep=quick", *args, "workers=2", "sweep.budget.n_trials=9",
         "enqueue_references=true",
@@ -253,7 +253,7 @@ def test_multi_objective_sweep_with_two_workers(sweep_env):
             assert history == []  # never trained
             assert run.data.tags["optuna.reason"] == trial.user_attrs["reason"]
 
-    # The finalist: the most accurate Pareto trial, retrained on all 60,000 images, 2 seeds.
+    # The finalist: the most accurate Pareto trial, retrained on all training images, 2 seeds.
     (finalist,) = roles["finalist"]
     seeds = roles["finalist_seed"]
     assert len(seeds) == 2
@@ -320,8 +320,8 @@ def test_warm_start_configurations_run_first_and_once(sweep_env):
 
 
 @pytest.mark.slow
-def test_rerank_trains_the_best_trials_again_and_picks_on_validation(sweep_env):
-    tmp_path, uri, args = sweep_env
+def test_rerank_trains_the_best_trials_again_and_picks_on_validation(small_sweep_env):
+    tmp_path, uri, args = small_sweep_env
     warm = [[f"model.filters={f}", "model.head=gap", "model.fc=[]"]
             for f in ("[8]", "[8,16]", "[16,32]")]  # fmt: skip
     listed = ",".join("[" + ",".join(f"'{o}'" for o in entry) + "]" for entry in warm)
@@ -459,6 +459,7 @@ def dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.slow  # a real sweep resumed
 def test_resume_records_a_run_for_every_trial_its_worker_left_without_one(small_sweep_env):
     """The windows between a trial's start in Optuna and its run in MLflow, each left as a
     worker leaves it, in the real journal and MLflow store; resuming records every run once."""
@@ -524,8 +525,8 @@ def test_resume_records_a_run_for_every_trial_its_worker_left_without_one(small_
 
 
 @pytest.mark.slow
-def test_two_workers_on_a_postgresql_storage_finish_exactly_n_trials(sweep_env, postgres_url):
-    tmp_path, _, args = sweep_env
+def test_two_workers_on_a_postgresql_storage_finish_exactly_n_trials(small_sweep_env, postgres_url):
+    tmp_path, _, args = small_sweep_env
     result = run_cli(
         "fmnist_lab.sweep", "sweep=quick", *args, "workers=2", f"storage={postgres_url}",
         "sweep.budget.n_trials=5", "sweep.budget.epochs=1", "sweep.finalists.seeds=0",

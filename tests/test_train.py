@@ -220,6 +220,7 @@ def test_augmented_run_with_schedule_and_mnist(make_real_cfg, tracking_uri):
     assert run.data.params["augmentation.crop_padding"] == "2"
 
 
+@pytest.mark.slow  # a training run of the CLI
 def test_diverging_run_ends_failed_with_the_reason(tmp_path, small_data):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_cli(
@@ -235,6 +236,7 @@ def test_diverging_run_ends_failed_with_the_reason(tmp_path, small_data):
     assert "not finite" in run.data.tags["failure_reason"]
 
 
+@pytest.mark.slow  # a training run of the CLI
 def test_ctrl_c_ends_the_run_killed_with_exit_130(tmp_path, small_data):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
