@@ -50,6 +50,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 TREE_IGNORED = (".venv", ".pytest_cache", ".ruff_cache", ".mypy_cache", "*.egg-info",
                 "**/__pycache__")  # fmt: skip
 TREE_KEY = pytest.StashKey[set | None]()
+LEFT_KEY = pytest.StashKey[list]()
 
 
 def working_tree() -> set[str] | None:
@@ -77,22 +78,23 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if before is None or after is None:
         return
     new = sorted(after - before)
+    session.config.stash[LEFT_KEY] = new
     if new:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [
-            f"the suite left {len(new)} new or changed files in the working tree {REPO} "
-            "(tests must write only under their tmp_path):",
-            *(f"  {line}" for line in new[:50]),
-        ]
-        if len(new) > 50:
-            lines.append(f"  ... and {len(new) - 50} more")
-        if reporter is not None:
-            reporter.write_sep("=", "working tree changed", red=True)
-            for line in lines:
-                reporter.write_line(line)
-        else:
-            print("\n".join(lines), file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    new = config.stash.get(LEFT_KEY, [])
+    if new:
+        terminalreporter.write_sep("=", "working tree changed: the run fails", red=True)
+        terminalreporter.write_line(
+            f"the suite left {len(new)} new or changed files in {REPO} "
+            "(a test must write only under its tmp_path):"
+        )
+        for line in new[:50]:
+            terminalreporter.write_line(f"  {line}")
+        if len(new) > 50:
+            terminalreporter.write_line(f"  ... and {len(new) - 50} more")
 
 
 # --- environment, data and configs ---------------------------------------------------------
