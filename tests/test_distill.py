@@ -97,6 +97,7 @@ def test_student_follows_the_teacher_as_far_as_alpha_says(
     assert 0.10 < train(cfg).metrics["test_acc"] < alone
 
 
+@pytest.mark.slow  # four training CLIs against real logged teachers (small data)
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -181,6 +181,7 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+@pytest.mark.slow  # four real processes racing
 def test_processes_starting_at_once_on_a_new_sqlite_store_all_get_it(tmp_path):
     """Seeds trained side by side (`reproduce --only-seeds`) on a store no process has made
     yet: each first contact would create MLflow's tables, and two creating them at once failed

@@ -112,6 +112,7 @@ def test_unknown_sampler_is_a_user_error():
         make_sampler(cfg.sweep)
 
 
+@pytest.mark.slow  # the sweep CLI (each start imports Lightning, Optuna and MLflow)
 @pytest.mark.parametrize(
     ("override", "message"),
     [
