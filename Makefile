@@ -11,7 +11,7 @@ ifneq ($(wildcard $(SHARED_DATA)/fashion-mnist/*.gz),)
 export FMNIST_LAB_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: venv run report screenshots server train test lint bench clean
+.PHONY: venv run report screenshots server train test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,9 +46,13 @@ server: venv
 train: venv
 	$(CLI) train trainer.max_epochs=3 $(ARGS)
 
-## Lint, then the whole test suite (real data, real MLflow stores; CPU only).
+## Lint, then the whole test suite (real data, real MLflow stores; CPU only). docs/testing.md
 test: venv lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Lint, then the fast tier: unit tests on small generated data, no services (about 3 min).
+test-fast: venv lint
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .

@@ -1,5 +1,7 @@
-"""Shared fixtures: the real datasets in shared/data, configs composed like the CLI does, and
-a fresh MLflow store per test."""
+"""Shared fixtures: the datasets (small generated ones for the fast tier, the real ones in
+shared/data for the slow tier), configs composed like the CLI does, a fresh MLflow store per
+test, and two checks on the suite itself: a fast test never reaches the real data, and no test
+leaves files in the working tree."""
 
 from __future__ import annotations
 
@@ -16,14 +18,110 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from .small_data import SmallData
+from .small_data import write as write_small_data
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SHARED_DATA = Path(os.environ.get("FMNIST_LAB_DATA", REPO.parent / "shared" / "data")).resolve()
 
+# Fixtures that reach the real datasets: only tests marked slow may use them.
+REAL_DATA_FIXTURES = ("data_root",)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("slow") is None
+        and any(name in item.fixturenames for name in REAL_DATA_FIXTURES)
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use the real datasets (fixture data_root) but are not marked slow: "
+            + ", ".join(unmarked)
+        )
+
+
+# --- the working tree: no test leaves a file in it -----------------------------------------
+
+# Caches and the environment, which running anything creates; everything else that appears
+# in the working tree during the suite fails it.
+TREE_IGNORED = (".venv", ".pytest_cache", ".ruff_cache", ".mypy_cache", "*.egg-info",
+                "**/__pycache__")  # fmt: skip
+TREE_KEY = pytest.StashKey[set | None]()
+LEFT_KEY = pytest.StashKey[list]()
+
+
+def working_tree() -> set[str] | None:
+    """`git status` of the checkout, untracked and ignored files one by one; None without git."""
+    excludes = [f":(exclude,glob){pattern}" for pattern in TREE_IGNORED]
+    excludes += [f":(exclude,glob){pattern}/**" for pattern in TREE_IGNORED]
+    try:
+        result = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all", "--ignored", "--", ".",
+             *excludes],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(result.stdout.splitlines()) if result.returncode == 0 else None
+
+
+def pytest_sessionstart(session) -> None:
+    session.config.stash[TREE_KEY] = working_tree()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    before = session.config.stash.get(TREE_KEY, None)
+    after = working_tree()
+    if before is None or after is None:
+        return
+    new = sorted(after - before)
+    session.config.stash[LEFT_KEY] = new
+    if new:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    new = config.stash.get(LEFT_KEY, [])
+    if new:
+        terminalreporter.write_sep("=", "working tree changed: the run fails", red=True)
+        terminalreporter.write_line(
+            f"the suite left {len(new)} new or changed files in {REPO} "
+            "(a test must write only under its tmp_path):"
+        )
+        for line in new[:50]:
+            terminalreporter.write_line(f"  {line}")
+        if len(new) > 50:
+            terminalreporter.write_line(f"  ... and {len(new) - 50} more")
+
+
+# --- environment, data and configs ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_environment(tmp_path_factory):
+    """No test finds a dataset through the caller's $FMNIST_LAB_DATA, nor writes into the
+    caller's cache: a test that wants data names it (data_root, small_data)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("FMNIST_LAB_DATA", raising=False)
+        mp.setenv("FMNIST_LAB_CACHE", str(tmp_path_factory.mktemp("default-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder, as a user in a new one: what the code writes
+    relative to the working directory (MLflow's default artifact root ./mlruns beside a
+    SQLite store, outputs/) lands there, not in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The genuine Fashion-MNIST / MNIST .gz files (shared/data beside the checkout)."""
+    """The genuine Fashion-MNIST / MNIST .gz files (shared/data beside the checkout); slow
+    tests only (a fast test that asks for it is refused at collection)."""
     if not (SHARED_DATA / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file():
         pytest.fail(f"the real datasets are required at {SHARED_DATA} (or set FMNIST_LAB_DATA)")
     return SHARED_DATA
@@ -31,26 +129,48 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
+    """torchvision's cache for the real datasets, shared by the slow tests."""
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.fixture
-def make_cfg(data_root, cache_dir):
-    """Compose conf/train.yaml with overrides, as `python -m fmnist_lab.train` would."""
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> SmallData:
+    """Small generated Fashion-MNIST / MNIST (6,000 + 1,000 images each) and Kaggle CSVs;
+    see tests/small_data.py."""
+    return write_small_data(tmp_path_factory.mktemp("small-data"))
 
+
+@pytest.fixture
+def small_env(small_data) -> dict[str, str]:
+    """Environment for a CLI that should load the small generated data."""
+    return {"FMNIST_LAB_CACHE": str(small_data.cache)}
+
+
+def composer(*fixed: str):
     def make(*overrides: str):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(
-                "train",
-                overrides=[f"data.root={data_root}", f"data.cache_dir={cache_dir}", *overrides],
-            )
+            return compose("train", overrides=[*fixed, *overrides])
 
     return make
 
 
 @pytest.fixture
+def make_cfg(small_data):
+    """Compose conf/train.yaml with overrides, as `python -m fmnist_lab.train` would, on the
+    small generated data."""
+    return composer(*small_data.cfg_overrides())
+
+
+@pytest.fixture
+def make_real_cfg(data_root, cache_dir):
+    """Compose conf/train.yaml with overrides on the real datasets (slow tests)."""
+    return composer(f"data.root={data_root}", f"data.cache_dir={cache_dir}")
+
+
+@pytest.fixture
 def tracking_uri(tmp_path) -> str:
-    """A real MLflow SQLite store of this test's own."""
+    """A real MLflow SQLite store of this test's own (its artifacts in ./mlruns, which is
+    this test's tmp_path: see in_tmp_path)."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 

@@ -10,6 +10,7 @@ import pytest
 from .conftest import run_cli
 
 
+@pytest.mark.slow
 def test_bench_prints_throughput_ratios_and_time_to_accuracy(tmp_path, data_root, cache_dir):
     env = {"FMNIST_LAB_DATA": str(data_root), "FMNIST_LAB_CACHE": str(cache_dir)}
     result = run_cli(

@@ -164,6 +164,7 @@ def compose_client() -> list[str] | None:
     return None
 
 
+@pytest.mark.slow  # a real Compose client
 def test_compose_client_accepts_the_file(tmp_path, stack):
     client = compose_client()
     if client is None:

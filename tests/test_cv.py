@@ -26,6 +26,7 @@ def test_stratified_folds_partition_with_class_shares():
         assert counts.max() - counts.min() <= 1  # each fold keeps the class shares
 
 
+@pytest.mark.slow
 def test_cv_logs_one_run_per_fold(tmp_path, data_root, cache_dir):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_cli(
@@ -59,7 +60,7 @@ def test_cv_logs_one_run_per_fold(tmp_path, data_root, cache_dir):
     assert row["run_id"] == parent.info.run_id and row["val_acc"] == pytest.approx(np.mean(accs))
 
 
-def test_cv_needs_two_folds(tmp_path, data_root):
-    result = run_cli("fmnist_lab.cv", "folds=1", f"data.root={data_root}", cwd=tmp_path)
+def test_cv_needs_two_folds(tmp_path, small_data):
+    result = run_cli("fmnist_lab.cv", "folds=1", *small_data.cfg_overrides(), cwd=tmp_path)
     assert result.returncode == 2 and "folds=1 must be" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing recorded

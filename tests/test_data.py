@@ -1,4 +1,5 @@
-"""Data layer on the genuine datasets: files, splits, CSV form, device batches, bad input."""
+"""Data layer: files, splits, statistics and downloads on the genuine datasets (slow); the CSV
+form, device batches and bad input on small generated files (tests/small_data.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import socket
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torchvision.datasets import FashionMNIST
@@ -18,6 +18,7 @@ from torchvision.datasets import FashionMNIST
 from fmnist_lab.data import DATA_ENV, DeviceBatches, load_splits, stratified_split
 from fmnist_lab.errors import UserError
 
+from . import small_data as small
 from .conftest import run_cli
 
 FMNIST_GZ_MD5 = {
@@ -44,6 +45,7 @@ def full_fmnist(data_root, cache_dir):
     return load_splits(cfg)
 
 
+@pytest.mark.slow
 def test_fashion_mnist_files_shapes_and_statistics(data_root, cache_dir, full_fmnist):
     for name, digest in FMNIST_GZ_MD5.items():
         assert md5(data_root / "fashion-mnist" / name) == digest
@@ -67,15 +69,17 @@ def test_fashion_mnist_files_shapes_and_statistics(data_root, cache_dir, full_fm
     )
 
 
-def test_mnist_loads_with_its_statistics(make_cfg):
-    s = load_splits(make_cfg("data=mnist", "data.val_size=0").data)
+@pytest.mark.slow
+def test_mnist_loads_with_its_statistics(make_real_cfg):
+    s = load_splits(make_real_cfg("data=mnist", "data.val_size=0").data)
     assert s.train_x.shape == (60000, 1, 28, 28) and s.test_x.shape == (10000, 1, 28, 28)
     assert s.mean == pytest.approx(0.1307, abs=1e-4)
     assert s.std == pytest.approx(0.3081, abs=1e-4)
 
 
-def test_validation_split_is_stratified_disjoint_and_fixed(make_cfg, full_fmnist):
-    s = load_splits(make_cfg().data)
+@pytest.mark.slow
+def test_validation_split_is_stratified_disjoint_and_fixed(make_real_cfg, full_fmnist):
+    s = load_splits(make_real_cfg().data)
     assert len(s.val_y) == 5000 and len(s.train_y) == 55000
     assert torch.equal(s.val_y.bincount(), torch.full((10,), 500))
     # Every training image lands in exactly one of the two parts.
@@ -83,11 +87,11 @@ def test_validation_split_is_stratified_disjoint_and_fixed(make_cfg, full_fmnist
     full = full_fmnist.train_x.view(60000, -1)
     assert torch.equal(merged.sum(0, dtype=torch.int64), full.sum(0, dtype=torch.int64))
 
-    again = load_splits(make_cfg().data)
+    again = load_splits(make_real_cfg().data)
     assert torch.equal(again.val_x, s.val_x)
-    other = load_splits(make_cfg("data.split_seed=1").data)
+    other = load_splits(make_real_cfg("data.split_seed=1").data)
     assert not torch.equal(other.val_x, s.val_x)
-    custom = load_splits(make_cfg("data.val_size=1234").data)
+    custom = load_splits(make_real_cfg("data.val_size=1234").data)
     assert len(custom.val_y) == 1234 and len(custom.train_y) == 60000 - 1234
 
 
@@ -99,8 +103,9 @@ def test_stratified_split_keeps_class_shares_and_exact_size():
     assert y[held].bincount().tolist() == [23, 7, 3]
 
 
-def test_train_fraction_takes_a_stratified_subset(make_cfg):
-    s = load_splits(make_cfg("data.train_fraction=0.1").data)
+@pytest.mark.slow
+def test_train_fraction_takes_a_stratified_subset(make_real_cfg):
+    s = load_splits(make_real_cfg("data.train_fraction=0.1").data)
     assert len(s.train_y) == 5500
     assert torch.equal(s.train_y.bincount(), torch.full((10,), 550))
     assert len(s.val_y) == 5000  # validation is never shrunk
@@ -121,32 +126,25 @@ def test_device_batches_cover_every_image_in_a_new_order_each_epoch():
     assert torch.equal(torch.cat([yb for _, yb in ordered]), y)
 
 
-# --- the Kaggle CSV form, written from the real IDX data ---------------------------------
+# --- the Kaggle CSV form: small_data writes its first 600 training and 200 test images as CSV
 
 
-def write_csv(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
-    header = "label," + ",".join(f"pixel{i}" for i in range(1, 785))
-    rows = np.concatenate([labels.numpy()[:, None], images.view(len(labels), -1).numpy()], 1)
-    np.savetxt(path, rows, fmt="%d", delimiter=",", header=header, comments="")
+@pytest.fixture
+def csv_dir(small_data) -> Path:
+    return small_data.root
 
 
-@pytest.fixture(scope="module")
-def csv_dir(tmp_path_factory, full_fmnist) -> Path:
-    d = tmp_path_factory.mktemp("csv")
-    write_csv(d / "fashion-mnist_train.csv", full_fmnist.train_x[:600], full_fmnist.train_y[:600])
-    write_csv(d / "fashion-mnist_test.csv", full_fmnist.test_x[:200], full_fmnist.test_y[:200])
-    return d
-
-
-def test_csv_loader_reads_what_the_idx_files_hold(make_cfg, csv_dir, full_fmnist):
+def test_csv_loader_reads_what_the_idx_files_hold(make_cfg, csv_dir):
     s = load_splits(make_cfg("data=fashion_mnist_csv", f"data.root={csv_dir}",
                              "data.val_size=100").data)  # fmt: skip
+    idx = load_splits(make_cfg("data.val_size=0").data)  # the same images, as IDX files
+    assert (small.N_CSV_TRAIN, small.N_CSV_TEST) == (600, 200)
     assert len(s.train_y) == 500 and len(s.val_y) == 100
     assert torch.equal(s.val_y.bincount(minlength=10).sum(), torch.tensor(100))
-    assert torch.equal(s.test_x, full_fmnist.test_x[:200])
-    assert torch.equal(s.test_y, full_fmnist.test_y[:200])
+    assert torch.equal(s.test_x, idx.test_x[:200])
+    assert torch.equal(s.test_y, idx.test_y[:200])
     merged = torch.cat([s.train_x, s.val_x]).view(600, -1).sum(0, dtype=torch.int64)
-    assert torch.equal(merged, full_fmnist.train_x[:600].view(600, -1).sum(0, dtype=torch.int64))
+    assert torch.equal(merged, idx.train_x[:600].view(600, -1).sum(0, dtype=torch.int64))
 
 
 def corrupt_csv(csv_dir: Path, tmp_path: Path, line: int, column: int, value: str | None) -> Path:
@@ -180,7 +178,7 @@ def test_csv_errors_name_the_row_and_column(make_cfg, csv_dir, tmp_path, line, c
         load_splits(make_cfg("data=fashion_mnist_csv", f"data.root={root}").data)
 
 
-def test_bad_csv_exits_2_with_one_sentence(csv_dir, tmp_path, cache_dir):
+def test_bad_csv_exits_2_with_one_sentence(csv_dir, tmp_path):
     root = corrupt_csv(csv_dir, tmp_path, 3, 5, "x7")
     result = run_cli("fmnist_lab.train", "data=fashion_mnist_csv", f"data.root={root}",
                      cwd=tmp_path)  # fmt: skip
@@ -201,27 +199,29 @@ def test_missing_files_name_the_files_and_the_variable(make_cfg, tmp_path):
     assert all(name in text for name in FMNIST_GZ_MD5) and DATA_ENV in text
 
 
-def test_missing_files_exit_2_without_traceback(tmp_path, cache_dir):
-    result = run_cli("fmnist_lab.train", f"data.root={tmp_path}", f"data.cache_dir={cache_dir}",
-                     cwd=tmp_path)  # fmt: skip
+def test_missing_files_exit_2_without_traceback(tmp_path):
+    result = run_cli("fmnist_lab.train", f"data.root={tmp_path}",
+                     f"data.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "train-images-idx3-ubyte.gz" in result.stderr and DATA_ENV in result.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing half-recorded
 
 
-def test_md5_mismatch_names_the_file(make_cfg, data_root, tmp_path):
+@pytest.mark.slow
+def test_md5_mismatch_names_the_file(make_real_cfg, data_root, tmp_path):
     for name in FMNIST_GZ_MD5:
         shutil.copy(data_root / "fashion-mnist" / name, tmp_path)
     with open(tmp_path / "t10k-labels-idx1-ubyte.gz", "ab") as f:
         f.write(b"\0")
     with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte\.gz fails its MD5 check"):
-        load_splits(make_cfg(f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'c'}").data)
+        load_splits(make_real_cfg(f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'c'}").data)
 
 
-def test_environment_variable_points_at_the_data(make_cfg, data_root, monkeypatch):
+@pytest.mark.slow
+def test_environment_variable_points_at_the_data(make_real_cfg, data_root, monkeypatch):
     monkeypatch.setenv(DATA_ENV, str(data_root / "fashion-mnist"))
-    s = load_splits(make_cfg("data.root=null").data)
+    s = load_splits(make_real_cfg("data.root=null").data)
     assert len(s.test_y) == 10000
 
 
@@ -239,10 +239,12 @@ def mirror(data_root):
     server.shutdown()
 
 
-def test_without_local_files_torchvision_downloads_them(make_cfg, mirror, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_without_local_files_torchvision_downloads_them(make_real_cfg, mirror, tmp_path,
+                                                         monkeypatch):  # fmt: skip
     monkeypatch.delenv(DATA_ENV, raising=False)
     monkeypatch.setattr(FashionMNIST, "mirrors", [mirror])
-    s = load_splits(make_cfg("data.root=null", f"data.cache_dir={tmp_path}").data)
+    s = load_splits(make_real_cfg("data.root=null", f"data.cache_dir={tmp_path}").data)
     assert len(s.train_y) + len(s.val_y) == 60000
     assert (
         md5(tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz")

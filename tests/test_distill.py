@@ -1,5 +1,6 @@
 """Knowledge distillation (`distill.teacher`): a student learns a logged model's soft labels.
-Real data, real MLflow store; the teacher is a real logged model whose answer is known."""
+Real data (what a student learns; the refusals on small generated data), real MLflow store;
+the teacher is a real logged model whose answer is known."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ def keep_tracking_uri():
 @pytest.fixture(scope="module")
 def teacher_store(tmp_path_factory) -> tuple[str, str, str]:
     """A store holding the constant teacher and a 5-class one; their model URIs."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('teacher') / 'mlflow.db'}"
+    home = tmp_path_factory.mktemp("teacher")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    # The artifacts beside the store (MLflow's default would be ./mlruns of the checkout).
+    MlflowClient(uri).create_experiment("teachers", artifact_location=str(home / "mlruns"))
     with tracking_uri_state._use_tracking_uri(uri):
         mlflow.set_experiment("teachers")
         return uri, log_constant_teacher(10), log_constant_teacher(5)
@@ -62,8 +66,9 @@ def all_runs(uri: str) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+@pytest.mark.slow
 def test_student_follows_the_teacher_as_far_as_alpha_says(
-    teacher_store, make_cfg, data_root, cache_dir, tmp_path
+    teacher_store, make_real_cfg, data_root, cache_dir, tmp_path
 ):
     uri, teacher, _ = teacher_store
     # alpha 1: the labels carry no weight, the student learns to name class SAID for
@@ -79,19 +84,20 @@ def test_student_follows_the_teacher_as_far_as_alpha_says(
     assert run.data.params["distill.alpha"] == "1"
     assert run.data.metrics["test_acc"] == pytest.approx(0.10, abs=0.005)
     # The teacher is not counted: the parameter count is the student's alone.
-    assert run.data.metrics["params"] == count_params(build_model(make_cfg(*STUDENT).model))
+    assert run.data.metrics["params"] == count_params(build_model(make_real_cfg(*STUDENT).model))
 
     # alpha 0: the teacher's term weighs nothing, the labels teach as without a teacher.
-    cfg = make_cfg(*STUDENT, f"distill.teacher='{teacher}'", "distill.alpha=0",
-                   f"tracking.uri={uri}")  # fmt: skip
+    cfg = make_real_cfg(*STUDENT, f"distill.teacher='{teacher}'", "distill.alpha=0",
+                        f"tracking.uri={uri}")  # fmt: skip
     alone = train(cfg).metrics["test_acc"]
     assert alone > 0.6
     # In between, both pull: the student is better than the teacher, worse than alone.
-    cfg = make_cfg(*STUDENT, f"distill.teacher='{teacher}'", "distill.alpha=0.5",
-                   f"tracking.uri={uri}")  # fmt: skip
+    cfg = make_real_cfg(*STUDENT, f"distill.teacher='{teacher}'", "distill.alpha=0.5",
+                        f"tracking.uri={uri}")  # fmt: skip
     assert 0.10 < train(cfg).metrics["test_acc"] < alone
 
 
+@pytest.mark.slow  # four training CLIs against real logged teachers (small data)
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -104,7 +110,7 @@ def test_student_follows_the_teacher_as_far_as_alpha_says(
     ],
 )  # fmt: skip
 def test_bad_teacher_exits_2_and_records_nothing(
-    teacher_store, data_root, cache_dir, tmp_path, override, message
+    teacher_store, small_data, tmp_path, override, message
 ):
     uri, teacher, five = teacher_store
     override, message = override.replace("<FIVE>", five), message.replace("<FIVE>", five)
@@ -112,8 +118,7 @@ def test_bad_teacher_exits_2_and_records_nothing(
         override = f"{override} distill.teacher='{teacher}'"
     before = {run.info.run_id: run.info.status for run in all_runs(uri)}
     result = run_cli("fmnist_lab.train", *STUDENT, *override.split(), f"tracking.uri={uri}",
-                     f"data.root={data_root}", f"data.cache_dir={cache_dir}",
-                     cwd=tmp_path)  # fmt: skip
+                     *small_data.cfg_overrides(), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()

@@ -87,6 +87,7 @@ def runs_by_role(client: MlflowClient) -> dict[str, list]:
     return roles
 
 
+@pytest.mark.slow
 def test_three_machines_share_one_study_and_one_tracking_server(
     tmp_path, postgres_db, machines
 ):  # fmt: skip
@@ -140,13 +141,14 @@ def test_three_machines_share_one_study_and_one_tracking_server(
         server.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_a_dead_machines_trial_fails_and_the_others_finish(
     tmp_path, postgres_url, machines, cache_dir
 ):  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(uri).search_experiments()  # the store exists before two processes race
     args = [f"storage={postgres_url}", f"tracking.uri={uri}", "sweep.budget.n_trials=5",
-            "sweep.budget.epochs=4", "sweep.budget.train_fraction=0.1", "sweep.finalists.seeds=0",
+            "sweep.budget.epochs=4", "sweep.budget.train_fraction=0.05", "sweep.finalists.seeds=0",
             "heartbeat.interval_s=1", "heartbeat.grace_s=5"]  # fmt: skip
     doomed = machines("doomed", args)
     survivor = machines("survivor", args)
@@ -173,6 +175,7 @@ def test_a_dead_machines_trial_fails_and_the_others_finish(
     assert len(roles["study"]) == 1 and roles["study"][0].info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_tracking_server_restart_mid_sweep_loses_no_finished_trial(
     tmp_path, postgres_db, machines, monkeypatch
 ):  # fmt: skip
@@ -222,6 +225,7 @@ def test_tracking_server_restart_mid_sweep_loses_no_finished_trial(
         server.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_unreachable_server_stops_a_sweep_at_once_and_records_nothing(
     tmp_path, postgres_url, data_root
 ):  # fmt: skip
@@ -238,6 +242,7 @@ def test_unreachable_server_stops_a_sweep_at_once_and_records_nothing(
     assert optuna.get_all_study_names(storage=postgres_url) == []  # no study begun
 
 
+@pytest.mark.slow
 def test_heartbeat_longer_than_its_grace_period_is_refused(tmp_path, postgres_url, data_root):
     result = run_cli("fmnist_lab.sweep", "sweep=quick", f"storage={postgres_url}",
                      f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"data.root={data_root}",

@@ -1,4 +1,5 @@
-"""fmnist_lab.preprocess on real test-set images and on photo-like images made from them."""
+"""fmnist_lab.preprocess on real test-set images and on photo-like images made from them
+(slow: the real data), and on bad input."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def prepared(data: bytes) -> np.ndarray:
     return preprocess.prepare(preprocess.open_image(data))
 
 
+@pytest.mark.slow
 def test_test_set_images_saved_as_png_come_back_unchanged(test_images):
     for image in test_images[:300]:
         assert np.array_equal(prepared(encode(Image.fromarray(image), "PNG")), image)
@@ -39,6 +41,7 @@ def object_box(arr: np.ndarray) -> tuple[int, int, int, int]:
     return rows[0], rows[-1], cols[0], cols[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP"])
 def test_a_photo_dark_object_on_white_becomes_a_light_centred_object_on_black(test_images, fmt):
     # A boot, inverted (dark on white), 10x bigger, off-centre on a large light RGB canvas.
@@ -58,6 +61,7 @@ def test_a_photo_dark_object_on_white_becomes_a_light_centred_object_on_black(te
     assert corr > 0.9
 
 
+@pytest.mark.slow
 def test_transparency_grayscale_16_bit_and_first_gif_frame(test_images):
     shirt = test_images[1]
     # RGBA: a dark shirt on a transparent background -> flattened, light on black.

@@ -1,5 +1,7 @@
 """The comparison report and the model registry, on a real small sweep's
-MLflow store and Optuna journal, and on real training runs."""
+MLflow store and Optuna journal, and on real training runs; all on small generated data
+(tests/small_data.py): what is asserted is the report's and the registry's mechanics, no
+accuracy."""
 
 from __future__ import annotations
 
@@ -23,21 +25,23 @@ from fmnist_lab.registry import register_champion
 from fmnist_lab.report.runs import pareto_flags
 
 from .conftest import free_port, run_cli
+from .small_data import N_TEST
 from .test_train import assert_real_png
 
 STUDY = "report_test"
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, data_root, cache_dir):
-    """A real multi-objective sweep: 6 trials on 2,200 images, 2 finalists x 2 seeds."""
+def sweep(tmp_path_factory, small_data):
+    """A real multi-objective sweep on the small generated data: 6 trials on 2,000 images,
+    2 finalists x 2 seeds (on all 6,000)."""
     tmp_path = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(uri).search_experiments()  # create the store before the workers race for it
     result = run_cli(
-        "fmnist_lab.sweep", "sweep=quick", f"study_name={STUDY}", f"data.root={data_root}",
-        f"data.cache_dir={cache_dir}", f"tracking.uri={uri}", "data.val_size=1000",
-        "sweep.budget.train_fraction=0.04", "sweep.budget.epochs=1", "sweep.budget.n_trials=6",
+        "fmnist_lab.sweep", "sweep=quick", f"study_name={STUDY}", *small_data.cfg_overrides(),
+        f"tracking.uri={uri}", "data.val_size=1000", "sweep.budget.train_fraction=0.4",
+        "sweep.budget.epochs=1", "sweep.budget.n_trials=6",
         "sweep/sampler=random", "sweep.sampler.seed=1", "workers=2",
         "sweep.finalists.top_k=2", "sweep.finalists.seeds=2", "sweep.finalists.epochs=1",
         cwd=tmp_path,
@@ -75,6 +79,7 @@ def test_pareto_flags_on_hand_made_points():
     assert pareto_flags([]) == []
 
 
+@pytest.mark.slow
 def test_report_rows_equal_what_mlflow_holds(sweep):
     tmp_path, uri, _ = sweep
     result = report(tmp_path, uri, "--study", STUDY, "--format", "json", "--no-log")
@@ -99,6 +104,7 @@ def test_report_rows_equal_what_mlflow_holds(sweep):
     assert [r["pareto"] for r in rows] == flags and any(flags)
 
 
+@pytest.mark.slow
 def test_report_formats(sweep):
     tmp_path, uri, _ = sweep
     n = len(expected_rows(uri))
@@ -112,6 +118,7 @@ def test_report_formats(sweep):
     assert len(frame) == n and {"params", "val_acc", "test_acc_mean", "pareto"} <= set(frame)
 
 
+@pytest.mark.slow
 def test_report_plots_and_study_analyses_are_logged_to_the_parent(sweep):
     tmp_path, uri, _ = sweep
     result = report(tmp_path, uri, "--study", STUDY, "--output", str(tmp_path / "rep"))
@@ -138,6 +145,7 @@ def test_report_plots_and_study_analyses_are_logged_to_the_parent(sweep):
     } <= logged  # fmt: skip
 
 
+@pytest.mark.slow
 def test_report_errors_are_one_line(sweep):
     tmp_path, uri, _ = sweep
     missing = report(tmp_path, uri, "--study", "no_such_study")
@@ -159,6 +167,7 @@ def test_report_errors_are_one_line(sweep):
     assert not gone.exists()
 
 
+@pytest.mark.slow
 def test_named_runs_are_listed_even_when_parts_of_others(sweep):
     tmp_path, uri, _ = sweep
     client = MlflowClient(uri)
@@ -172,6 +181,7 @@ def test_named_runs_are_listed_even_when_parts_of_others(sweep):
     )
 
 
+@pytest.mark.slow
 def test_champion_is_registered_and_predicts(sweep, make_cfg):
     tmp_path, uri, result = sweep
     mlflow.set_tracking_uri(uri)
@@ -190,7 +200,7 @@ def test_champion_is_registered_and_predicts(sweep, make_cfg):
     assert {"evaluation_seed0/confident_mistakes.png", "evaluation_seed0/learning_curves.png",
             "evaluation_seed0/sample_predictions.png"} <= artifacts  # fmt: skip
     summed = client.download_artifacts(best.info.run_id, "evaluation/confusion_matrix.csv")
-    assert pd.read_csv(summed, index_col=0).to_numpy().sum() == 2 * 10000  # two seeds
+    assert pd.read_csv(summed, index_col=0).to_numpy().sum() == 2 * N_TEST  # two seeds
 
     model = mlflow.pyfunc.load_model("models:/fmnist-fashion_mnist@champion")
     splits = load_splits(make_cfg("data.val_size=0").data)
@@ -200,6 +210,7 @@ def test_champion_is_registered_and_predicts(sweep, make_cfg):
     assert accuracy == pytest.approx(seed0, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_alias_moves_only_to_a_better_champion(sweep):
     _, uri, _ = sweep
     mlflow.set_tracking_uri(uri)
@@ -220,9 +231,10 @@ def test_alias_moves_only_to_a_better_champion(sweep):
     assert str(champion.version) == better.version
 
 
-def test_compare_datasets_lines_up_a_config_on_both(tmp_path, data_root, cache_dir):
+@pytest.mark.slow
+def test_compare_datasets_lines_up_a_config_on_both(tmp_path, small_data):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = [f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}",
+    common = [*small_data.cfg_overrides(), f"tracking.uri={uri}",
               "tracking.experiment=both", "data.train_fraction=0.02", "data.val_size=500",
               "trainer.max_epochs=1", "log_model=false", "evaluate=false",
               "runtime.progress_bar=false", "model.filters=[8,16]"]  # fmt: skip
@@ -259,6 +271,7 @@ def test_compare_datasets_lines_up_a_config_on_both(tmp_path, data_root, cache_d
     assert_real_png(out / "params_vs_accuracy.png", (1100, 650))
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_opens_the_sweeps_journal(sweep):
     tmp_path, _, _ = sweep
     journal = tmp_path / "outputs" / "sweeps" / STUDY / "optuna.journal"
@@ -282,6 +295,7 @@ def test_optuna_dashboard_opens_the_sweeps_journal(sweep):
         dashboard.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(sweep, tmp_path):
     study_dir, uri, _ = sweep
     mlflow.set_tracking_uri(uri)  # for runs:/ URIs, whichever tests ran before
@@ -315,8 +329,8 @@ def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(s
         reference = composed.pop("reference")
         recorded = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
         original = OmegaConf.to_container(OmegaConf.create(recorded), resolve=True)
-        # `train experiment=<name>` trains what the finalist's seeds trained (on all 60,000
-        # images: no validation split), less the machine's folders, threads, store and seed.
+        # `train experiment=<name>` trains what the finalist's seeds trained (on every training
+        # image: no validation split), less the machine's folders, threads, store and seed.
         assert tracking.drop_machine_keys(composed) == tracking.drop_machine_keys(original)
         assert composed["data"]["val_size"] == 0
         accs = json.loads(run.data.tags["test_accs"])

@@ -63,6 +63,7 @@ def test_the_tables_need_no_plotly(tmp_path, capsys, monkeypatch):
     assert "| best_500k: residual ConvNet" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_seeds_are_trained_once_and_tabled_next_to_the_reported_figure(tmp_path, env):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # Seeds 0 and 1 of three (as one of several processes would: --only-seeds).
@@ -104,6 +105,7 @@ def test_seeds_are_trained_once_and_tabled_next_to_the_reported_figure(tmp_path,
     assert len(runs(uri)) == 3
 
 
+@pytest.mark.slow
 def test_a_seed_counts_only_if_trained_with_the_settings_the_recipe_has_now(tmp_path, env):
     # A recipe file that changes (best_50k went from 60 to 90 epochs) must not pass off the
     # runs of its earlier settings as its own: seeds match on the settings they logged.

@@ -26,10 +26,12 @@ from PIL import Image
 
 from fmnist_lab.registry import register_champion
 
-from .conftest import REPO, free_port, run_cli, wait_for_server
+from .conftest import free_port, run_cli, wait_for_server
+
+# Real model, real HTTP servers, a real browser: the slow tier.
+pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = REPO / "outputs" / "test-artifacts"  # kept after the run (screenshots)
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +242,7 @@ def test_a_burst_of_concurrent_requests_is_all_answered(app, champion):
     assert all(answer["top"][0]["index"] == first[i % 8] for i, (_, answer) in enumerate(replies))
 
 
-def test_the_page_in_headless_chromium_shows_the_models_prediction(app, champion):
+def test_the_page_in_headless_chromium_shows_the_models_prediction(app, champion, tmp_path):
     home, _, x, _, _ = champion
     try:
         from playwright import sync_api as playwright
@@ -252,7 +254,6 @@ def test_the_page_in_headless_chromium_shows_the_models_prediction(app, champion
             pytest.fail(f"the browser test needs {missing}")
         pytest.skip(f"the browser test needs {missing}")
     expected = CLASSES[int(np.argmax(model_probs(x[3:4])[0]))]
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=["--no-sandbox", "--disable-dev-shm-usage"])  # fmt: skip
@@ -267,10 +268,11 @@ def test_the_page_in_headless_chromium_shows_the_models_prediction(app, champion
             assert page.locator("#top .bar").count() == 3
             assert page.get_attribute("#top .bar", "data-class") == expected
             assert page.evaluate("document.getElementById('seen').naturalWidth") == 28
-            page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
+            # Kept in the test's tmp_path (pytest keeps the last three runs' folders).
+            page.screenshot(path=str(tmp_path / "serve_page.png"), full_page=True)
         finally:
             browser.close()
-    assert (ARTIFACTS / "serve_page.png").stat().st_size > 10_000
+    assert (tmp_path / "serve_page.png").stat().st_size > 10_000
 
 
 def test_mlflow_models_serve_answers_on_the_registered_model(champion):

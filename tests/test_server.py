@@ -25,6 +25,7 @@ from fmnist_lab.errors import UserError
 from .conftest import free_port, run_cli, wait_for_server
 
 
+@pytest.mark.slow
 def test_runs_log_through_the_server_with_proxied_artifacts(tmp_path, data_root, cache_dir):
     port = free_port()
     store, artifacts = tmp_path / "server" / "mlflow.db", tmp_path / "server" / "artifacts"
@@ -68,16 +69,17 @@ def test_runs_log_through_the_server_with_proxied_artifacts(tmp_path, data_root,
         server.wait(timeout=30)
 
 
-def test_unreachable_server_is_one_clear_error_within_seconds(tmp_path, data_root):
+def test_unreachable_server_is_one_clear_error_within_seconds(tmp_path, small_data):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     start = time.monotonic()
-    result = run_cli("fmnist_lab.train", f"tracking.uri={url}", f"data.root={data_root}",
+    result = run_cli("fmnist_lab.train", f"tracking.uri={url}", *small_data.cfg_overrides(),
                      cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2 and time.monotonic() - start < 30
     assert f"tracking server at {url} does not answer" in result.stderr
     assert result.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow
 def test_a_sweep_worker_waits_out_a_server_that_is_restarting(tmp_path, monkeypatch):
     """A sweep checks the server once and fails at once; its workers, started after that
     check, wait for a server that went away (a restart) as long as MLflow's client would."""
@@ -131,6 +133,7 @@ def test_basic_auth_is_one_flag_or_one_setting(monkeypatch):
     assert server_cli.parse_args([]).basic_auth
 
 
+@pytest.mark.slow
 def test_basic_auth_refuses_requests_without_credentials(tmp_path, monkeypatch):
     port = free_port()
     # Switched on as docker-compose.yml does it: the one setting in the environment.
@@ -178,6 +181,7 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+@pytest.mark.slow  # four real processes racing
 def test_processes_starting_at_once_on_a_new_sqlite_store_all_get_it(tmp_path):
     """Seeds trained side by side (`reproduce --only-seeds`) on a store no process has made
     yet: each first contact would create MLflow's tables, and two creating them at once failed

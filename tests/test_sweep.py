@@ -1,5 +1,7 @@
-"""Real sweeps on real data: `python -m fmnist_lab.sweep` as a user runs it, a real Optuna
-journal storage, a real MLflow store, real worker processes and real signals."""
+"""Real sweeps: `python -m fmnist_lab.sweep` as a user runs it, a real Optuna journal storage,
+a real MLflow store, real worker processes and real signals; on the real data where a trial's
+accuracy is asserted, on small generated data (tests/small_data.py) where only the sweep's
+mechanics are."""
 
 from __future__ import annotations
 
@@ -30,16 +32,24 @@ from fmnist_lab.sweep.worker import gpu_count, gpu_for_worker
 from .conftest import CONF, default_sigint, run_cli
 
 
-@pytest.fixture
-def sweep_env(tmp_path, data_root, cache_dir):
-    """Arguments every sweep here shares: real data, small budget, this test's own stores."""
+def stores(tmp_path: Path, data: list[str]) -> tuple[Path, str, list[str]]:
+    """Arguments every sweep here shares: the data, small budget, this test's own stores."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(uri).search_experiments()  # create the store before any process races for it
-    args = [
-        f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}",
-        "data.val_size=1000", "sweep.budget.train_fraction=0.04",
-    ]  # fmt: skip
+    args = [*data, f"tracking.uri={uri}", "data.val_size=1000", "sweep.budget.train_fraction=0.04"]
     return tmp_path, uri, args
+
+
+@pytest.fixture
+def sweep_env(tmp_path, data_root, cache_dir):
+    """A sweep on the real data (slow tests)."""
+    return stores(tmp_path, [f"data.root={data_root}", f"data.cache_dir={cache_dir}"])
+
+
+@pytest.fixture
+def small_sweep_env(tmp_path, small_data):
+    """A sweep on the small generated data."""
+    return stores(tmp_path, small_data.cfg_overrides())
 
 
 def load(tmp_path: Path, name: str) -> optuna.Study:
@@ -58,7 +68,7 @@ def runs_by_role(uri: str, experiment: str) -> dict[str, list]:
     return roles
 
 
-def test_trial_config_layers_budget_command_line_and_sample(data_root):
+def test_trial_config_layers_budget_command_line_and_sample():
     cfg = compose_sweep("sweep=quick")
     ctx = WorkerContext(cfg, ["sweep=quick"], "parent", "sqlite://", None)
     trial = ctx.trial_config(["model.filters=[8,16]", "optimizer.lr=0.004"])
@@ -105,6 +115,7 @@ def test_unknown_sampler_stops_composition():
         compose_sweep("sweep=quick", "sweep/sampler=cmaes-ish")
 
 
+@pytest.mark.slow  # the sweep CLI (each start imports Lightning, Optuna and MLflow)
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -118,8 +129,8 @@ def test_unknown_sampler_stops_composition():
         ("sweep.finalists.rerank=-1", "finalists.rerank=-1 must be a whole number of trials"),
     ],
 )  # fmt: skip
-def test_bad_sweep_entry_stops_before_any_trial(sweep_env, override, message):
-    tmp_path, _, args = sweep_env
+def test_bad_sweep_entry_stops_before_any_trial(small_sweep_env, override, message):
+    tmp_path, _, args = small_sweep_env
     result = run_cli("fmnist_lab.sweep", "sweep=quick", *args, override, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -179,8 +190,9 @@ def compose_sweep(*overrides: str):
         return compose("sweep", overrides=list(overrides))
 
 
-def test_multi_objective_sweep_with_two_workers(sweep_env):
-    tmp_path, uri, args = sweep_env
+@pytest.mark.slow
+def test_multi_objective_sweep_with_two_workers(small_sweep_env):
+    tmp_path, uri, args = small_sweep_env
     result = run_cli(
         "fmnist_lab.sweep", "sweep=quick", *args, "workers=2", "sweep.budget.n_trials=9",
         "enqueue_references=true",
@@ -245,7 +257,7 @@ def test_multi_objective_sweep_with_two_workers(sweep_env):
             assert history == []  # never trained
             assert run.data.tags["optuna.reason"] == trial.user_attrs["reason"]
 
-    # The finalist: the most accurate Pareto trial, retrained on all 60,000 images, 2 seeds.
+    # The finalist: the most accurate Pareto trial, retrained on all training images, 2 seeds.
     (finalist,) = roles["finalist"]
     seeds = roles["finalist_seed"]
     assert len(seeds) == 2
@@ -259,6 +271,7 @@ def test_multi_objective_sweep_with_two_workers(sweep_env):
     assert "test_acc (mean +/- std)" in result.stdout
 
 
+@pytest.mark.slow
 def test_single_objective_sweep_prunes_weak_trials(sweep_env):
     tmp_path, uri, args = sweep_env
     result = run_cli(
@@ -284,6 +297,7 @@ def test_single_objective_sweep_prunes_weak_trials(sweep_env):
             assert t.state == TrialState.COMPLETE and epochs == 3
 
 
+@pytest.mark.slow
 def test_warm_start_configurations_run_first_and_once(sweep_env):
     tmp_path, uri, args = sweep_env
     warm = [["model.filters=[8,16]", "model.fc=[]", "augmentation=flip"], ["model.filters=[12]"]]
@@ -309,8 +323,9 @@ def test_warm_start_configurations_run_first_and_once(sweep_env):
     assert sum("warm_start" in t.user_attrs for t in trials) == 2
 
 
-def test_rerank_trains_the_best_trials_again_and_picks_on_validation(sweep_env):
-    tmp_path, uri, args = sweep_env
+@pytest.mark.slow
+def test_rerank_trains_the_best_trials_again_and_picks_on_validation(small_sweep_env):
+    tmp_path, uri, args = small_sweep_env
     warm = [[f"model.filters={f}", "model.head=gap", "model.fc=[]"]
             for f in ("[8]", "[8,16]", "[16,32]")]  # fmt: skip
     listed = ",".join("[" + ",".join(f"'{o}'" for o in entry) + "]" for entry in warm)
@@ -382,6 +397,7 @@ def wait_for_running_trial(tmp_path: Path, proc: subprocess.Popen, seen: set[int
     pytest.fail("no trial started")
 
 
+@pytest.mark.slow
 def test_interrupt_kill_and_resume_finish_exactly_n_trials(sweep_env):
     tmp_path, uri, args = sweep_env
     sweep = ["sweep=quick", *args, "workers=2", "sweep.budget.n_trials=6",
@@ -447,10 +463,11 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def test_resume_records_a_run_for_every_trial_its_worker_left_without_one(sweep_env):
+@pytest.mark.slow  # a real sweep resumed
+def test_resume_records_a_run_for_every_trial_its_worker_left_without_one(small_sweep_env):
     """The windows between a trial's start in Optuna and its run in MLflow, each left as a
     worker leaves it, in the real journal and MLflow store; resuming records every run once."""
-    tmp_path, uri, args = sweep_env
+    tmp_path, uri, args = small_sweep_env
     overrides = ["sweep=quick", *args, "sweep.budget.n_trials=4", "sweep.finalists.seeds=0"]
     cfg = compose_sweep(*overrides, f"output_dir={tmp_path / 'outputs' / 'sweeps' / 'quick'}")
     client = MlflowClient(uri)
@@ -512,8 +529,9 @@ def test_resume_records_a_run_for_every_trial_its_worker_left_without_one(sweep_
     assert len(runs_by_role(uri, "quick")["trial"]) == 4
 
 
-def test_two_workers_on_a_postgresql_storage_finish_exactly_n_trials(sweep_env, postgres_url):
-    tmp_path, _, args = sweep_env
+@pytest.mark.slow
+def test_two_workers_on_a_postgresql_storage_finish_exactly_n_trials(small_sweep_env, postgres_url):
+    tmp_path, _, args = small_sweep_env
     result = run_cli(
         "fmnist_lab.sweep", "sweep=quick", *args, "workers=2", f"storage={postgres_url}",
         "sweep.budget.n_trials=5", "sweep.budget.epochs=1", "sweep.finalists.seeds=0",

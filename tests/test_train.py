@@ -1,4 +1,5 @@
-"""Real training runs on the real data, read back from a real MLflow store."""
+"""Real training runs, read back from a real MLflow store: on the real data where a run's
+accuracy is asserted (slow), on small generated data where only the mechanics are."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def short_run(tmp_path_factory, data_root, cache_dir):
     return result, only_run(uri), MlflowClient(uri)
 
 
-def test_short_run_learns_and_records_everything(short_run, make_cfg):
+@pytest.mark.slow
+def test_short_run_learns_and_records_everything(short_run, make_real_cfg):
     result, run, client = short_run
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "convnet-422k"
@@ -100,7 +102,7 @@ def test_short_run_learns_and_records_everything(short_run, make_cfg):
     model = mlflow.pyfunc.load_model(tags["model_uri"])
     assert model.metadata.signature is not None
     assert model.metadata.get_input_schema().inputs[0].shape == (-1, 1, 28, 28)
-    splits = load_splits(make_cfg("data.val_size=2000").data)
+    splits = load_splits(make_real_cfg("data.val_size=2000").data)
     x = (splits.test_x.float() / 255).numpy()
     probs = model.predict(x)
     assert probs.shape == (10000, 10)
@@ -111,6 +113,7 @@ def test_short_run_learns_and_records_everything(short_run, make_cfg):
     np.testing.assert_allclose(by_run.predict(x[:16]), probs[:16], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_experiment_is_ready_for_the_mlflow_ui(short_run):
     _, run, client = short_run
     tags = client.get_experiment(run.info.experiment_id).tags
@@ -123,11 +126,12 @@ def test_experiment_is_ready_for_the_mlflow_ui(short_run):
     assert "metrics.`params`" in state["selectedColumns"]
 
 
-def test_tested_run_logs_its_evaluation(short_run, make_cfg):
+@pytest.mark.slow
+def test_tested_run_logs_its_evaluation(short_run, make_real_cfg):
     _, run, client = short_run
     run_id, metrics = run.info.run_id, run.data.metrics
     folder = Path(client.download_artifacts(run_id, "evaluation"))
-    classes = load_splits(make_cfg("data.val_size=2000").data).classes
+    classes = load_splits(make_real_cfg("data.val_size=2000").data).classes
 
     # The confusion matrix covers the 10,000 test images; its diagonal is the test accuracy.
     cm = pd.read_csv(folder / "confusion_matrix.csv", index_col=0)
@@ -202,8 +206,9 @@ def test_same_seed_same_run(make_cfg, tracking_uri):
     assert "test_acc" not in first.metrics and first.model_uri is None
 
 
-def test_augmented_run_with_schedule_and_mnist(make_cfg, tracking_uri):
-    cfg = make_cfg("data=mnist", "model=convnet_20k", "augmentation=crop",
+@pytest.mark.slow
+def test_augmented_run_with_schedule_and_mnist(make_real_cfg, tracking_uri):
+    cfg = make_real_cfg("data=mnist", "model=convnet_20k", "augmentation=crop",
                    "optimizer=sgd", "scheduler=cosine", "label_smoothing=0.1",
                    "data.train_fraction=0.05", "data.val_size=1000", "trainer.max_epochs=2",
                    "runtime.progress_bar=false", "log_model=false",
@@ -215,13 +220,13 @@ def test_augmented_run_with_schedule_and_mnist(make_cfg, tracking_uri):
     assert run.data.params["augmentation.crop_padding"] == "2"
 
 
-def test_diverging_run_ends_failed_with_the_reason(tmp_path, data_root, cache_dir):
+@pytest.mark.slow  # a training run of the CLI
+def test_diverging_run_ends_failed_with_the_reason(tmp_path, small_data):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_cli(
         "fmnist_lab.train", "model=convnet_20k", "optimizer=sgd", "optimizer.lr=1e30",
         "data.train_fraction=0.02", "trainer.max_epochs=2", "runtime.progress_bar=false",
-        f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}",
-        cwd=tmp_path,
+        *small_data.cfg_overrides(), f"tracking.uri={uri}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -231,14 +236,15 @@ def test_diverging_run_ends_failed_with_the_reason(tmp_path, data_root, cache_di
     assert "not finite" in run.data.tags["failure_reason"]
 
 
-def test_ctrl_c_ends_the_run_killed_with_exit_130(tmp_path, data_root, cache_dir):
+@pytest.mark.slow  # a training run of the CLI
+def test_ctrl_c_ends_the_run_killed_with_exit_130(tmp_path, small_data):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     client.search_experiments()  # creates the store now, not in a race with the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "fmnist_lab.train", "model=convnet_20k",
-         "data.train_fraction=0.05", "trainer.max_epochs=200", "runtime.progress_bar=false",
-         f"data.root={data_root}", f"data.cache_dir={cache_dir}", f"tracking.uri={uri}"],
+         "data.val_size=1000", "trainer.max_epochs=200", "runtime.progress_bar=false",
+         *small_data.cfg_overrides(), f"tracking.uri={uri}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint,
     )  # fmt: skip
@@ -270,9 +276,9 @@ def test_ctrl_c_ends_the_run_killed_with_exit_130(tmp_path, data_root, cache_dir
         ("lr_scaling.rule=cubic", "lr_scaling.rule must be one of none, linear, sqrt, not 'cubic'"),
     ],
 )  # fmt: skip
-def test_bad_config_exits_2_before_recording(tmp_path, data_root, cache_dir, override, message):
-    result = run_cli("fmnist_lab.train", override, f"data.root={data_root}",
-                     f"data.cache_dir={cache_dir}", cwd=tmp_path)  # fmt: skip
+def test_bad_config_exits_2_before_recording(tmp_path, small_data, override, message):
+    result = run_cli("fmnist_lab.train", override, *small_data.cfg_overrides(),
+                     cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {message}"]
@@ -297,9 +303,9 @@ class FirstStepLR(pl.Callback):
 
 def test_large_batch_run_trains_at_the_scaled_rate(make_cfg, tracking_uri):
     cfg = make_cfg("model=convnet_20k", "optimizer=sgd", "scheduler=none",
-                   "data.batch_size=512", "lr_scaling.rule=linear", "data.train_fraction=0.05",
-                   "data.val_size=500", "trainer.max_epochs=1", "runtime.progress_bar=false",
-                   "test=false", "log_model=false", f"tracking.uri={tracking_uri}")  # fmt: skip
+                   "data.batch_size=512", "lr_scaling.rule=linear", "data.val_size=500",
+                   "trainer.max_epochs=1", "runtime.progress_bar=false", "test=false",
+                   "log_model=false", f"tracking.uri={tracking_uri}")  # fmt: skip
     seen = FirstStepLR()
     result = train(cfg, callbacks=[seen])
     assert (seen.batch, seen.lr) == (512, pytest.approx(0.04))

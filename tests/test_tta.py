@@ -63,6 +63,7 @@ def table(stdout: str) -> dict[tuple[str, str], tuple[float, float]]:
     return rows
 
 
+@pytest.mark.slow
 def test_cli_reproduces_the_logged_accuracy_and_logs_the_views(
     tracking_uri, data_root, cache_dir, tmp_path
 ):
@@ -119,6 +120,7 @@ def test_cli_reproduces_the_logged_accuracy_and_logs_the_views(
     assert client.get_run(run_id).data.metrics == metrics
 
 
+@pytest.mark.slow
 def test_recipe_scores_the_seeds_reproduce_recorded_and_names_the_validation_choice(
     tracking_uri, data_root, cache_dir, tmp_path
 ):  # fmt: skip
