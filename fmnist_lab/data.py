@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.utils import check_integrity
 
-from fmnist_lab.datasets import CLASSES, DATA_ENV, FASHION_CLASSES, FOLDERS, PRETTY  # noqa: F401
+from fmnist_lab.datasets import CLASSES, DATA_ENV, FASHION_CLASSES, FOLDERS, PRETTY
 from fmnist_lab.errors import UserError
 
 # Per IDX dataset: the torchvision class, class names, and the folders its files may sit in.

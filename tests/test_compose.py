@@ -14,7 +14,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from fmnist_lab import data, server
+from fmnist_lab import datasets, server
 
 from .conftest import CONF, REPO
 
@@ -131,7 +131,7 @@ def test_workers_run_the_sweep_cli_against_the_shared_storage_and_server(stack):
         env = services[name]["environment"]
         mounts = {v.split(":")[1] for v in services[name]["volumes"]}
         assert env["FMNIST_LAB_CACHE"] in mounts and cfg.output_dir.startswith("/outputs/")
-        assert data.DATA_ENV in env and "/data" in mounts
+        assert datasets.DATA_ENV in env and "/data" in mounts
         assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(env)
         assert services[name]["depends_on"].keys() == {"postgres", "mlflow"}
     gpu = services["worker-gpu"]

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torchvision.datasets import FashionMNIST
 
-from fmnist_lab.data import DATA_ENV, DeviceBatches, load_splits, stratified_split
+from fmnist_lab.data import DeviceBatches, load_splits, stratified_split
+from fmnist_lab.datasets import DATA_ENV
 from fmnist_lab.errors import UserError
 
 from . import small_data as small

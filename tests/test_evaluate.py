@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist_lab.data import FASHION_CLASSES
+from fmnist_lab.datasets import FASHION_CLASSES
 from fmnist_lab.evaluate import (
     class_metric_names,
     class_metrics_for_mlflow,

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 
-from fmnist_lab.data import PRETTY
+from fmnist_lab.datasets import PRETTY
 from fmnist_lab.errors import UserError
 from fmnist_lab.report import CONFIG
 from fmnist_lab.report.datasets import compare_datasets, render_datasets

@@ -8,7 +8,7 @@ import statistics
 import pandas as pd
 from mlflow.entities import Run
 
-from fmnist_lab.data import PRETTY
+from fmnist_lab.datasets import PRETTY
 from fmnist_lab.report.render import pct
 from fmnist_lab.report.runs import dataset_key, to_row
 from fmnist_lab.tables import markdown
