@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import hydra
@@ -46,12 +46,15 @@ def train(
     tags: dict[str, str] | None = None,
     splits: Splits | None = None,
     name_prefix: str = "",
+    on_result: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Train, validate every epoch, optionally test, and log it all to one MLflow run.
 
     A sweep passes its trial's callbacks, the parent run, extra tags and the splits it has
     already loaded (they must come from `cfg.data`). Run names say model and size
-    (`convnet-14k`), after `name_prefix` (a sweep's `t12-`).
+    (`convnet-14k`), after `name_prefix` (a sweep's `t12-`). `on_result` is called with the
+    result while the run is still RUNNING: a sweep records it in its study first, so that a
+    FINISHED run always has its result recorded (docs/run_state.md).
     """
     # Batches come from device tensors, not a DataLoader, and only epoch metrics are logged:
     # Lightning's hints about workers and logging intervals do not apply.
@@ -125,7 +128,10 @@ def train(
         if cfg.log_model:
             example = splits.train_x[:2].float() / 255
             model_uri = tracking.log_model(Predictor(net, splits.mean, splits.std), example)
-    return RunResult(run.info.run_id, name, n_params, metrics, model_uri, confusion)
+        result = RunResult(run.info.run_id, name, n_params, metrics, model_uri, confusion)
+        if on_result is not None:
+            on_result(result)
+    return result
 
 
 def load_teacher(spec: DictConfig, classes: int, example: torch.Tensor) -> Teacher | None:

@@ -187,9 +187,15 @@ def test_champion_is_registered_and_predicts(sweep, make_cfg):
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     finalists = [r for r in expected_rows(uri).values() if r.data.tags["role"] == "finalist"]
-    best = max(finalists, key=lambda r: r.data.metrics["test_acc_mean"])
+    # Chosen by the validation score that chose the finalists; test accuracy chooses nothing.
+    best = max(finalists, key=lambda r: (r.data.metrics.get("rerank_val_acc",
+                                                            r.data.metrics["val_acc"]),
+                                         -r.data.metrics["params"]))  # fmt: skip
     version = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
     assert version.tags["finalist_run"] == best.info.run_id
+    assert version.tags["selected_by"] == "val_acc"
+    assert version.tags["selection_split"] == "validation"
+    assert "val_size=" in version.tags["selection_measure"]
     assert int(version.tags["params"]) == best.data.metrics["params"]
     assert float(version.tags["test_acc_mean"]) == pytest.approx(
         best.data.metrics["test_acc_mean"], abs=1e-6
@@ -211,24 +217,37 @@ def test_champion_is_registered_and_predicts(sweep, make_cfg):
 
 
 @pytest.mark.slow
-def test_alias_moves_only_to_a_better_champion(sweep):
+def test_alias_moves_only_to_a_better_champion_measured_alike(sweep):
     _, uri, _ = sweep
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     current = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
-    acc = float(current.tags["test_acc_mean"])
-    assert current.tags["selected_by"] == "test_acc_mean"
-    worse_score, better_score = ("test_acc_mean", acc - 0.01), ("test_acc_mean", acc + 0.01)
-    worse = register_champion(current.source, "fmnist-fashion_mnist", "champion", {}, *worse_score)
+    acc = float(current.tags["val_acc"])
+    measure = current.tags["selection_measure"]
+    assert current.tags["selected_by"] == "val_acc"
+
+    def register(score: str, value: float, how: str):
+        return register_champion(current.source, "fmnist-fashion_mnist", "champion", {}, score,
+                                 value, how)  # fmt: skip
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias("fmnist-fashion_mnist", "champion").version)
+
+    worse = register("val_acc", acc - 0.01, measure)
     assert not worse.moved and "stays on version" in worse.describe()
-    champion = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
-    assert str(champion.version) == str(current.version)
-    better = register_champion(
-        current.source, "fmnist-fashion_mnist", "champion", {}, *better_score
-    )
+    assert champion() == str(current.version)
+    # Higher, but on another split or after other training: not comparable, the alias stays.
+    other = register("val_acc", acc + 0.05, measure.replace("val_size=", "val_size=1"))
+    assert not other.moved and "do not compare" in other.describe()
+    on_test = register("test_acc_mean_on_test_set", 0.99, "fashion_mnist test set")
+    assert not on_test.moved and "chosen by val_acc" in on_test.unlike
+    assert champion() == str(current.version)
+    better = register("val_acc", acc + 0.01, measure)
     assert better.moved and better.previous == (str(current.version), pytest.approx(acc))
-    champion = client.get_model_version_by_alias("fmnist-fashion_mnist", "champion")
-    assert str(champion.version) == better.version
+    assert champion() == better.version
+    versions = client.search_model_versions("name = 'fmnist-fashion_mnist'")
+    tags = {str(v.version): v.tags for v in versions}
+    assert tags[on_test.version]["selection_split"] == "test"
 
 
 @pytest.mark.slow

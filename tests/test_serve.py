@@ -50,8 +50,8 @@ def champion(tmp_path_factory, data_root, cache_dir):
     (run,) = client.search_runs([client.get_experiment_by_name("fmnist_lab").experiment_id])
     mlflow.set_tracking_uri(uri)
     register_champion(run.data.tags["model_uri"], "fmnist-fashion_mnist", "champion",
-                      {"params": str(int(run.data.metrics["params"]))}, "test_acc_mean",
-                      run.data.metrics["test_acc"])  # fmt: skip
+                      {"params": str(int(run.data.metrics["params"]))}, "val_acc",
+                      run.data.metrics["val_acc"], "fashion_mnist, one training run")  # fmt: skip
     images = gzip.open(data_root / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").read()
     labels = gzip.open(data_root / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").read()
     x = np.frombuffer(images, np.uint8, offset=16).reshape(-1, 28, 28)

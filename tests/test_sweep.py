@@ -6,11 +6,7 @@ mechanics are."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -24,12 +20,13 @@ from optuna.trial import TrialState
 from fmnist_lab.report.runs import collect, study_runs
 from fmnist_lab.sweep.config import WorkerContext
 from fmnist_lab.sweep.finalists import select_finalists
-from fmnist_lab.sweep.repair import HOST, fail_dead_trials, record_missing_runs
+from fmnist_lab.sweep.reconcile import reconcile
+from fmnist_lab.sweep.record import HOST
 from fmnist_lab.sweep.samplers import left_out, make_pruner, make_sampler
 from fmnist_lab.sweep.study import load_study, open_study_storage
 from fmnist_lab.sweep.worker import gpu_count, gpu_for_worker
 
-from .conftest import CONF, default_sigint, run_cli
+from .conftest import CONF, run_cli
 
 
 def stores(tmp_path: Path, data: list[str]) -> tuple[Path, str, list[str]]:
@@ -127,6 +124,7 @@ def test_unknown_sampler_stops_composition():
         ("+sweep.warm_start=['model.fc=[]']", "sweep.warm_start: each entry must be a list"),
         ("sweep.finalists.rerank=2", "finalists.rerank needs finalists.select=budgets"),
         ("sweep.finalists.rerank=-1", "finalists.rerank=-1 must be a whole number of trials"),
+        ("registry.select_by=test_acc_mean", "test_acc_mean chose the champion on the test set"),
     ],
 )  # fmt: skip
 def test_bad_sweep_entry_stops_before_any_trial(small_sweep_env, override, message):
@@ -342,8 +340,8 @@ def test_rerank_trains_the_best_trials_again_and_picks_on_validation(small_sweep
     trials = study.get_trials()
     by_search = sorted(trials, key=lambda t: (-t.user_attrs["val_acc"], t.user_attrs["params"]))
     top2 = {t.number for t in by_search[:2]}
-    scores = {int(k.rsplit("t", 1)[1]): v for k, v in study.user_attrs.items()
-              if k.startswith("rerank:1ep:")}  # fmt: skip
+    scores = {int(k.rsplit("t", 1)[1]): v["result"]["val_acc"]
+              for k, v in study.user_attrs.items() if k.startswith("rerank:1ep:")}  # fmt: skip
     assert set(scores) == top2  # the third was not trained again
 
     roles = runs_by_role(uri, "quick")
@@ -355,6 +353,8 @@ def test_rerank_trains_the_best_trials_again_and_picks_on_validation(small_sweep
         assert run.data.params["data.val_size"] == "1000"
         assert run.data.metrics["val_acc"] == pytest.approx(scores[number])
         assert "test_acc" not in run.data.metrics
+        assert run.data.tags["work"] == f"rerank:1ep:t{number}"
+        assert study.user_attrs[f"rerank:1ep:t{number}"]["run_id"] == run.info.run_id
     winner = max(top2, key=lambda n: (scores[n], -trials[n].user_attrs["params"]))
     (finalist,) = roles["finalist"]
     assert finalist.data.tags["optuna.trial"] == str(winner)
@@ -370,92 +370,6 @@ def test_rerank_trains_the_best_trials_again_and_picks_on_validation(small_sweep
     assert len(roles["rerank"]) == 2 and len(roles["finalist"]) == 1
 
 
-def start_sweep(tmp_path: Path, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fmnist_lab.sweep", *args], cwd=tmp_path, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=default_sigint,
-    )  # fmt: skip
-
-
-def wait_for_running_trial(tmp_path: Path, proc: subprocess.Popen, seen: set[int]):
-    """Block until a trial not in `seen` is RUNNING with its MLflow run started."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.5)
-        if not (tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal").exists():
-            continue
-        try:
-            trials = load(tmp_path, "quick").get_trials()
-        except KeyError:  # the study is not created yet
-            continue
-        running = [t for t in trials if t.state == TrialState.RUNNING
-                   and "mlflow_run_id" in t.user_attrs and t.number not in seen]  # fmt: skip
-        if running:
-            return running
-    pytest.fail("no trial started")
-
-
-@pytest.mark.slow
-def test_interrupt_kill_and_resume_finish_exactly_n_trials(sweep_env):
-    tmp_path, uri, args = sweep_env
-    sweep = ["sweep=quick", *args, "workers=2", "sweep.budget.n_trials=6",
-             "sweep.budget.epochs=2", "sweep.finalists.seeds=0"]  # fmt: skip
-    client = MlflowClient(uri)
-
-    # Ctrl-C (SIGINT to the sweep process alone): running trials are marked, exit 130.
-    proc = start_sweep(tmp_path, sweep)
-    running = wait_for_running_trial(tmp_path, proc, set())
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-3000:]
-    trials = {t.number: t for t in load(tmp_path, "quick").get_trials()}
-    assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
-    # A trial may have finished between the last look and the signal; the others were cut.
-    cut = [t for t in running if trials[t.number].state == TrialState.FAIL]
-    assert cut and all(trials[t.number].state.is_finished() for t in running)
-    for t in cut:
-        assert trials[t.number].user_attrs["reason"] == "interrupted (Ctrl-C)"
-        assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED"
-    assert runs_by_role(uri, "quick")["study"][0].info.status == "KILLED"
-
-    # kill -9 of the sweep mid-trial: its workers die with it; trials and runs stay RUNNING.
-    proc = start_sweep(tmp_path, sweep)
-    killed = wait_for_running_trial(tmp_path, proc, set(trials))
-    proc.kill()
-    proc.communicate(timeout=60)
-    pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in killed}
-    deadline = time.monotonic() + 30
-    while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids), "orphaned workers"
-    left = {t.number for t in load(tmp_path, "quick").get_trials(states=(TrialState.RUNNING,))}
-    killed = [t for t in killed if t.number in left]
-    assert killed
-    for t in killed:
-        assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
-
-    # The same command resumes: dead trials FAIL, and the study ends at exactly 6 trials.
-    result = run_cli("fmnist_lab.sweep", *sweep, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming: trials" in result.stdout
-    final = load(tmp_path, "quick").get_trials()
-    assert sorted(t.number for t in final) == list(range(6))
-    assert not [t for t in final if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    for t in killed:
-        again = next(f for f in final if f.number == t.number)
-        assert (
-            again.state == TrialState.FAIL and "worker process died" in again.user_attrs["reason"]
-        )
-        run = client.get_run(t.user_attrs["mlflow_run_id"])
-        assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
-    roles = runs_by_role(uri, "quick")
-    assert all(r.info.status != "RUNNING" for runs in roles.values() for r in runs)
-    assert len(roles["study"]) == 1 and roles["study"][0].info.status == "FINISHED"
-    assert len(roles["trial"]) == 6
-
-
 def dead_pid() -> int:
     """The id of a process of this machine that has ended: a killed worker."""
     proc = subprocess.Popen(["true"])
@@ -466,7 +380,8 @@ def dead_pid() -> int:
 @pytest.mark.slow  # a real sweep resumed
 def test_resume_records_a_run_for_every_trial_its_worker_left_without_one(small_sweep_env):
     """The windows between a trial's start in Optuna and its run in MLflow, each left as a
-    worker leaves it, in the real journal and MLflow store; resuming records every run once."""
+    worker leaves it, in the real journal and MLflow store; resuming records every run once.
+    The study is set up as one begun before the study kept a `uid`: its runs are adopted."""
     tmp_path, uri, args = small_sweep_env
     overrides = ["sweep=quick", *args, "sweep.budget.n_trials=4", "sweep.finalists.seeds=0"]
     cfg = compose_sweep(*overrides, f"output_dir={tmp_path / 'outputs' / 'sweeps' / 'quick'}")
@@ -524,9 +439,14 @@ def test_resume_records_a_run_for_every_trial_its_worker_left_without_one(small_
     assert runs[3].info.run_id == run_id and runs[3].data.metrics["val_acc"] == 0.8
 
     # Nothing is recorded twice: a second look finds every trial recorded.
-    ctx = WorkerContext(cfg, overrides, parent_id, uri, None, storage)
-    assert fail_dead_trials(ctx, study) == [] and record_missing_runs(ctx, study) == []
+    study = load(tmp_path, "quick")
+    ctx = WorkerContext(cfg, overrides, parent_id, uri, None, storage, study.user_attrs["uid"])
+    again = reconcile(ctx, study)
+    assert again.failed == again.recorded == again.ended == []
     assert len(runs_by_role(uri, "quick")["trial"]) == 4
+    assert {r.data.tags["study_uid"] for r in runs_by_role(uri, "quick")["trial"]} == {
+        study.user_attrs["uid"]
+    }
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ same command again resumes it. `workers=N` runs N processes against that storage
 
 One module per concern, in the order a sweep meets them:
 `config` (checks, trial configs) -> `study` (storage, study, parent run) -> `worker` (processes
-asking for trials; `locks`, `samplers`) -> `trial` (one training) -> `repair` (runs kept in
-step with the study) -> `progress` -> `finalists` -> `champion` (registry); `run` ties them
-together and `__main__` is the command.
+asking for trials; `locks`, `samplers`) -> `trial` (one training) -> `progress` ->
+`finalists` -> `champion` (registry); `run` ties them together and `__main__` is the command.
+What ran is recorded in the study (`record`; docs/run_state.md) and `reconcile` brings the
+MLflow runs in line with it; `faults` is the chaos test's fault injection.
 """

@@ -1,21 +1,28 @@
-"""The study's champion in the MLflow model registry."""
+"""The study's champion in the MLflow model registry, chosen by the validation score that
+chose it among the finalists; test accuracy is shown beside it and chooses nothing (unless the
+sweep names `registry.select_by=test_acc_mean_on_test_set`)."""
 
 from __future__ import annotations
 
 import mlflow
-from mlflow import MlflowClient
+import optuna
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from fmnist_lab import registry
+from fmnist_lab.sweep import faults
 from fmnist_lab.sweep.finalists import Finalist
+from fmnist_lab.sweep.record import Record
 
 
-def register_best(cfg: DictConfig, finalists: list[Finalist], parent_id: str) -> None:
+def register_best(cfg: DictConfig, finalists: list[Finalist], study: optuna.Study) -> None:
     """Register the study's champion: among the finalists within `registry.max_params`, the
-    one with the highest `registry.select_by` (mean test accuracy by default). Its seed-0
-    model becomes a new version; see `fmnist_lab.registry`. A registry that refuses is
-    reported and tagged on the parent run; the sweep's results stand."""
+    one with the highest `registry.select_by` (by default the validation accuracy it was
+    chosen by: the rerank score where the sweep reranks). Its seed-0 model becomes a version
+    of `registry.name`; see `fmnist_lab.registry`. The registration is a piece of work in the
+    study's record: done once, and when cut short, done again without a second version. A
+    registry that refuses is reported and tagged on the parent run; the sweep's results
+    stand."""
     reg = cfg.registry
     if not reg.enabled or not finalists:
         return
@@ -25,23 +32,36 @@ def register_best(cfg: DictConfig, finalists: list[Finalist], parent_id: str) ->
         within = "" if limit is None else f" within {limit:,} parameters"
         print(f"registry: no finalist with a logged model{within}; {reg.name} unchanged")
         return
-    score = (lambda f: f.mean) if reg.select_by == "test_acc_mean" else (lambda f: f.selection_val)
-    best = max(eligible, key=score)
-    if MlflowClient().get_run(parent_id).data.tags.get("registry.finalist_run") == best.run_id:
-        return  # a resumed sweep registered this finalist already
+    on_test = reg.select_by == "test_acc_mean_on_test_set"
+    score = (lambda f: f.mean) if on_test else (lambda f: f.selection_val)
+    best = max(eligible, key=lambda f: (score(f), -f.params))
+    measure = f"{cfg.data.name} test set" if on_test else best.val_measure or "unknown"
+    record, key = Record(study), "registration"
+    done = record.done(key)
+    if done is not None and done["finalist_run"] == best.run_id:
+        print(done["said"])  # a resumed sweep registered this finalist already
+        return
+    uid = study.user_attrs["uid"]
     tags = {"params": str(best.params), "test_acc_mean": f"{best.mean:.6f}",
             "test_acc_std": f"{best.std:.6f}", "val_acc": f"{best.selection_val:.6f}",
-            "dataset": cfg.data.name, "optuna.study": cfg.study_name,
+            "dataset": cfg.data.name, "optuna.study": cfg.study_name, "study_uid": uid,
             "optuna.trial": str(best.trial), "finalist_run": best.run_id}  # fmt: skip
-    try:
-        result = registry.register_champion(
-            best.model_uri, reg.name, reg.alias, tags, reg.select_by, score(best)
-        )
-    except MlflowException as err:
-        mlflow.set_tag("registry.error", err.message[:5000])
-        print(f"registry: {reg.name} not updated ({err.message}); the study's runs stand")
-        return
-    mlflow.set_tags({"registry.model": reg.name, "registry.version": result.version,
-                     "registry.finalist_run": best.run_id,
-                     f"registry.{reg.alias}": str(result.moved).lower()})  # fmt: skip
+    tags |= registry.selection_tags(reg.select_by, score(best), measure)
+    with record.attempt(key):
+        try:
+            version = registry.register_version(best.model_uri, reg.name, tags, reg.alias,
+                                                reg.select_by)  # fmt: skip
+            faults.point("registration")
+            result = registry.decide_alias(version, reg.alias, reg.select_by, score(best),
+                                           measure)  # fmt: skip
+        except MlflowException as err:
+            mlflow.set_tag("registry.error", err.message[:5000])
+            print(f"registry: {reg.name} not updated ({err.message}); the study's runs stand")
+            record.stop(key, f"the registry refused: {err.message[:500]}")
+            return
+        mlflow.set_tags({"registry.model": reg.name, "registry.version": result.version,
+                         "registry.finalist_run": best.run_id,
+                         f"registry.{reg.alias}": str(result.moved).lower()})  # fmt: skip
+        record.finish(key, {"finalist_run": best.run_id, "version": result.version,
+                            "moved": result.moved, "said": result.describe()})  # fmt: skip
     print(result.describe())

@@ -36,6 +36,7 @@ class WorkerContext:
     tracking_uri: str
     deadline: float | None
     storage: Any = None  # the study's Optuna storage, as opened by this process
+    study_uid: str | None = None  # tag `study_uid` of every run of the study
     splits: dict[str, Splits] = field(default_factory=dict)
 
     @property
@@ -79,9 +80,9 @@ def check_sweep(cfg: DictConfig, overrides: Sequence[str]) -> None:
     if unused:
         print(f"note: {', '.join(unused)}: not taken by the chosen sampler or pruner; left out")
     check_finalist_rule(spec.finalists)
-    if cfg.registry.select_by not in registry.SCORES:  # checked now, not after the finalists
-        raise UserError(f"registry.select_by={cfg.registry.select_by} must be one of "
-                        f"{', '.join(registry.SCORES)}")  # fmt: skip
+    wrong = registry.check_select_by(cfg.registry.select_by)  # now, not after the finalists
+    if wrong:
+        raise UserError(wrong)
     for o in spec.objectives:
         if o.metric not in OBJECTIVES or o.direction not in ("maximize", "minimize"):
             raise UserError(

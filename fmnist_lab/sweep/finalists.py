@@ -5,20 +5,28 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import mlflow
+import numpy as np
 import optuna
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_lab import evaluate, tracking
-from fmnist_lab.sweep.config import WorkerContext, check_finalist_rule, rerank_count
+from fmnist_lab.sweep import faults
+from fmnist_lab.sweep.config import (
+    WorkerContext,
+    check_finalist_rule,
+    rerank_count,
+    trial_run_config,
+)
 from fmnist_lab.sweep.progress import log_study_summary, pareto_trials
+from fmnist_lab.sweep.record import Record
 from fmnist_lab.train import train
 
 
@@ -31,6 +39,7 @@ class Finalist:
     run_id: str
     model_uri: str | None = None  # seed 0's model, the one the registry takes
     rerank_val_acc: float | None = None  # validation accuracy at the finalists' length
+    val_measure: str | None = None  # how `selection_val` was measured (see val_measure)
 
     @property
     def selection_val(self) -> float:
@@ -101,124 +110,97 @@ def rerank(ctx: WorkerContext, study: optuna.Study) -> dict[int, float]:
     """`finalists.rerank: k`: the k trials per budget that the search ranked best, each
     trained again (seed 0) for the finalists' length on all training images less the
     validation split, and scored on that split: short trials rank how fast a model learns,
-    not where it ends. No test set is involved. Results are kept in the study's user
-    attributes, so a resumed or second process does not train them again."""
+    not where it ends. No test set is involved. Each is a piece of work in the study's record
+    (`rerank:<epochs>ep:t<n>`), so a resumed or second process does not train it again."""
     policy = ctx.spec.finalists
     count = rerank_count(policy)
-    epochs = policy.get("rerank_epochs") or policy.epochs
+    epochs = rerank_epochs(policy)
     complete = _complete(study, ctx.spec)
     pool: dict[int, FrozenTrial] = {}
     for budget in sorted(policy.budgets):
         pool.update((t.number, t) for t in budget_ranking(complete, budget)[:count])
-    known = study.user_attrs
+    record = Record(study)
     scores = {}
     if pool:
         print(f"rerank: {len(pool)} trials ({count} best per budget), {epochs} epochs "
               f"on the training images, scored on the validation split")  # fmt: skip
     for number, t in sorted(pool.items(), key=lambda item: item[1].user_attrs["params"]):
         key = f"rerank:{epochs}ep:t{number}"
-        if key in known:
-            scores[number] = known[key]
-        else:
-            extra = [*policy.rerank_overrides, f"trainer.max_epochs={epochs}",
-                     "runtime.progress_bar=false"]  # fmt: skip
-            cfg_t = ctx.trial_config(t.user_attrs["overrides"], *extra)
-            tags = {"role": "rerank", "optuna.study": study.study_name,
-                    "optuna.trial": str(number), "recipe": f"seed 0 x {epochs} epochs"}  # fmt: skip
-            splits = ctx.splits_for(cfg_t.data)
-            result = train(cfg_t, parent_run_id=ctx.parent_run_id, tags=tags, splits=splits,
-                           name_prefix=f"rerank-t{number}-")  # fmt: skip
-            scores[number] = result.metrics["val_acc"]
-            study.set_user_attr(key, scores[number])
+        if record.done(key) is None:
+            cfg_t = rerank_config(ctx, t)
+            tags = {"role": "rerank", "optuna.study": study.study_name, "work": key,
+                    "optuna.trial": str(number), "recipe": f"seed 0 x {epochs} epochs",
+                    "study_uid": ctx.study_uid}  # fmt: skip
+            with record.attempt(key):
+                train(cfg_t, callbacks=faults.callbacks("rerank"),
+                      parent_run_id=ctx.parent_run_id, tags=tags,
+                      splits=ctx.splits_for(cfg_t.data), name_prefix=f"rerank-t{number}-",
+                      on_result=lambda r, key=key: record.finish(
+                          key, {"val_acc": r.metrics["val_acc"]}, r.run_id))  # fmt: skip
+        scores[number] = record.done(key)["val_acc"]
         print(f"  trial {number} ({t.user_attrs['params']:,} params): val_acc "
               f"{t.user_attrs['val_acc']:.4f} in the search, {scores[number]:.4f} after {epochs} "
               f"epochs")  # fmt: skip
     return scores
 
 
-def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str):
-    """Retrain each finalist on all training images with several seeds; test once each."""
+def rerank_epochs(policy: DictConfig) -> int:
+    return policy.get("rerank_epochs") or policy.epochs
+
+
+def rerank_config(ctx: WorkerContext, t: FrozenTrial) -> DictConfig:
+    policy = ctx.spec.finalists
+    return ctx.trial_config(t.user_attrs["overrides"], *policy.rerank_overrides,
+                            f"trainer.max_epochs={rerank_epochs(policy)}",
+                            "runtime.progress_bar=false")  # fmt: skip
+
+
+def val_measure(cfg: DictConfig) -> str:
+    """How a validation accuracy was measured: the split, and the training before it. Two
+    scores compare only when this is the same."""
+    data = cfg.data
+    return (
+        f"{data.name} val_size={data.val_size} split_seed={data.split_seed} "
+        f"train_fraction={data.train_fraction:g} epochs={cfg.trainer.max_epochs}"
+    )
+
+
+def finalist_key(number: int, policy: DictConfig) -> str:
+    return f"finalist:t{number}:{policy.seeds}x{policy.epochs}ep"
+
+
+def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str,
+                  study_uid: str | None = None) -> list[Finalist]:  # fmt: skip
+    """Retrain each finalist on all training images with several seeds; test once each.
+    Each finalist and each of its seeds is a piece of work in the study's record: a resumed
+    sweep keeps those done and does the others again."""
     policy = cfg.sweep.finalists
     log_study_summary(study)
     if policy.seeds < 1:
         return []
-    ctx = WorkerContext(cfg, overrides, parent_id, mlflow.get_tracking_uri(), None)
+    ctx = WorkerContext(cfg, overrides, parent_id, mlflow.get_tracking_uri(), None,
+                        study_uid=study_uid)  # fmt: skip
     longer = rerank(ctx, study) if rerank_count(policy) else None
     chosen = select_finalists(study, cfg.sweep, longer)
     if not chosen:
         return []
     print(f"finalists: {len(chosen)} trials x {policy.seeds} seeds, {policy.epochs} epochs on all "
           f"training images")  # fmt: skip
-    recipe = f"{policy.seeds} seeds x {policy.epochs} epochs"
-    done = finished_finalists(parent_id, recipe)
+    record = Record(study)
     results = []
     for t in chosen:
-        if t.number in done:  # a resumed sweep keeps the finalists it already has
-            run = done[t.number]
-            accs = json.loads(run.data.tags["test_accs"])
-            results.append(
-                Finalist(
-                    t.number,
-                    t.user_attrs["params"],
-                    t.user_attrs["val_acc"],
-                    accs,
-                    run.info.run_id,
-                    run.data.tags.get("model_uri"),
-                    run.data.metrics.get("rerank_val_acc"),
-                )
-            )
-            continue
-        base = [*policy.overrides, f"trainer.max_epochs={policy.epochs}",
-                "runtime.progress_bar=false"]  # fmt: skip
-        cfg_t = ctx.trial_config(t.user_attrs["overrides"], *base)
-        size = tracking.human_count(t.user_attrs["params"])
-        name = f"finalist-t{t.number}-{cfg_t.model.name}-{size}"
-        tags = {
-            "role": "finalist",
-            "optuna.study": study.study_name,
-            "optuna.trial": str(t.number),
-            "recipe": recipe,
-            "model": cfg_t.model.name,
-            "dataset": cfg_t.data.name,
-        }
-        with tracking.tracked_run(cfg_t, name, tags, parent_id) as run:
-            tracking.log_param_count(t.user_attrs["params"])
-            mlflow.log_metric("val_acc", t.user_attrs["val_acc"])
-            if longer is not None:
-                mlflow.log_metric("rerank_val_acc", longer[t.number])
-            seeds = []
-            for seed in range(policy.seeds):
-                seed_cfg = ctx.trial_config(t.user_attrs["overrides"], *base, f"seed={seed}")
-                splits = ctx.splits_for(seed_cfg.data)
-                result = train(
-                    seed_cfg,
-                    parent_run_id=run.info.run_id,
-                    tags={**tags, "role": "finalist_seed", "seed": str(seed)},
-                    splits=splits,
-                    name_prefix=f"finalist-t{t.number}-seed{seed}-",
-                )
-                seeds.append(result)
-            accs = [r.metrics["test_acc"] for r in seeds]
-            finalist = Finalist(t.number, t.user_attrs["params"], t.user_attrs["val_acc"], accs,
-                                run.info.run_id, seeds[0].model_uri,
-                                None if longer is None else longer[t.number])  # fmt: skip
-            mlflow.log_metrics({
-                "test_acc_mean": finalist.mean,
-                "test_acc_std": finalist.std,
-                "train_time_s": sum(r.metrics["train_time_s"] for r in seeds) / len(seeds),
-            })  # fmt: skip
-            mlflow.set_tag("test_accs", json.dumps(accs))
-            if finalist.model_uri:
-                mlflow.set_tag("model_uri", finalist.model_uri)
-            if all(r.confusion is not None for r in seeds):
-                evaluate.log_confusion(sum(r.confusion for r in seeds), splits.classes,
-                                       f"{len(seeds)} seeds,")  # fmt: skip
-                # The whole evaluation of seed 0 too, so the finalist run shows every plot.
-                with tempfile.TemporaryDirectory() as tmp:
-                    local = MlflowClient().download_artifacts(seeds[0].run_id, "evaluation", tmp)
-                    mlflow.log_artifacts(local, "evaluation_seed0")
+        key = finalist_key(t.number, policy)
+        trained = record.done(key) is None  # else kept from an earlier process or command
+        if trained:
+            retrain(ctx, study, record, t, key, None if longer is None else longer[t.number])
+        done = record.done(key)
+        finalist = Finalist(t.number, t.user_attrs["params"], t.user_attrs["val_acc"],
+                            done["test_accs"], record.get(key)["run_id"], done["model_uri"],
+                            done.get("rerank_val_acc"), done.get("val_measure"))  # fmt: skip
         results.append(finalist)
-        print(f"  finalist trial {t.number}: test_acc {finalist.mean:.4f} +/- {finalist.std:.4f}")
+        if trained:
+            print(f"  finalist trial {t.number}: test_acc {finalist.mean:.4f} "
+                  f"+/- {finalist.std:.4f}")  # fmt: skip
     results.sort(key=lambda f: f.params)
     mlflow.log_dict([f.__dict__ | {"test_acc_mean": f.mean, "test_acc_std": f.std}
                      for f in results], "finalists.json")  # fmt: skip
@@ -229,20 +211,80 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
     return results
 
 
-def finished_finalists(parent_id: str, recipe: str) -> dict[int, Any]:
-    """Finalist runs of this study already FINISHED with the same recipe, by trial number."""
-    client = MlflowClient()
-    parent = client.get_run(parent_id)
-    runs = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.role = 'finalist' "
-        f"and attributes.status = 'FINISHED'",
-    )
-    return {
-        int(r.data.tags["optuna.trial"]): r
-        for r in runs
-        if r.data.tags.get("recipe") == recipe and "test_accs" in r.data.tags
+def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTrial, key: str,
+            rerank_val_acc: float | None) -> None:  # fmt: skip
+    """One finalist: a run whose children are its seeds, each trained on all training images
+    and tested once; seeds already done (by a killed attempt) move under the new run."""
+    policy = ctx.spec.finalists
+    base = [*policy.overrides, f"trainer.max_epochs={policy.epochs}",
+            "runtime.progress_bar=false"]  # fmt: skip
+    cfg_t = ctx.trial_config(t.user_attrs["overrides"], *base)
+    size = tracking.human_count(t.user_attrs["params"])
+    tags = {
+        "role": "finalist",
+        "optuna.study": study.study_name,
+        "optuna.trial": str(t.number),
+        "recipe": f"{policy.seeds} seeds x {policy.epochs} epochs",
+        "model": cfg_t.model.name,
+        "dataset": cfg_t.data.name,
+        "study_uid": ctx.study_uid,
     }
+    # The score it was chosen by, and how that score was measured (the registry compares
+    # champions only on scores measured the same way).
+    measured = rerank_config(ctx, t) if rerank_val_acc is not None else trial_run_config(
+        ctx, t.user_attrs["overrides"])  # fmt: skip
+    client = MlflowClient()
+    name = f"finalist-t{t.number}-{cfg_t.model.name}-{size}"
+    with record.attempt(key), tracking.tracked_run(cfg_t, name, tags | {"work": key},
+                                                   ctx.parent_run_id) as run:  # fmt: skip
+        record.ran(key, run.info.run_id)
+        tracking.log_param_count(t.user_attrs["params"])
+        mlflow.log_metric("val_acc", t.user_attrs["val_acc"])
+        if rerank_val_acc is not None:
+            mlflow.log_metric("rerank_val_acc", rerank_val_acc)
+        seeds = []
+        for seed in range(policy.seeds):
+            seed_key = f"{key}:seed{seed}"
+            if record.done(seed_key) is None:
+                seed_cfg = ctx.trial_config(t.user_attrs["overrides"], *base, f"seed={seed}")
+                with record.attempt(seed_key):
+                    train(seed_cfg, callbacks=faults.callbacks("finalist_seed"),
+                          parent_run_id=run.info.run_id,
+                          tags={**tags, "role": "finalist_seed", "seed": str(seed),
+                                "work": seed_key},
+                          splits=ctx.splits_for(seed_cfg.data),
+                          name_prefix=f"finalist-t{t.number}-seed{seed}-",
+                          on_result=lambda r, k=seed_key: record.finish(k, {
+                              "test_acc": r.metrics["test_acc"],
+                              "train_time_s": r.metrics["train_time_s"],
+                              "model_uri": r.model_uri,
+                              "confusion": None if r.confusion is None else r.confusion.tolist(),
+                          }, r.run_id))  # fmt: skip
+            else:  # done by an attempt that was killed after it: it becomes this run's child
+                client.set_tag(record.get(seed_key)["run_id"], "mlflow.parentRunId",
+                               run.info.run_id)  # fmt: skip
+            seeds.append(record.get(seed_key))
+        accs = [s["result"]["test_acc"] for s in seeds]
+        mlflow.log_metrics({
+            "test_acc_mean": statistics.fmean(accs),
+            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "train_time_s": sum(s["result"]["train_time_s"] for s in seeds) / len(seeds),
+        })  # fmt: skip
+        mlflow.set_tag("test_accs", json.dumps(accs))
+        model_uri = seeds[0]["result"]["model_uri"]
+        if model_uri:
+            mlflow.set_tag("model_uri", model_uri)
+        if all(s["result"]["confusion"] is not None for s in seeds):
+            total = sum(np.array(s["result"]["confusion"]) for s in seeds)
+            evaluate.log_confusion(total, ctx.splits_for(cfg_t.data).classes,
+                                   f"{len(seeds)} seeds,")  # fmt: skip
+            # The whole evaluation of seed 0 too, so the finalist run shows every plot.
+            with tempfile.TemporaryDirectory() as tmp:
+                local = client.download_artifacts(seeds[0]["run_id"], "evaluation", tmp)
+                mlflow.log_artifacts(local, "evaluation_seed0")
+        record.finish(key, {"test_accs": accs, "model_uri": model_uri,
+                            "rerank_val_acc": rerank_val_acc,
+                            "val_measure": val_measure(measured)})  # fmt: skip
 
 
 def print_finalists(finalists: list[Finalist], policy: DictConfig) -> None:

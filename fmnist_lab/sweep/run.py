@@ -4,6 +4,7 @@ once."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_lab import tracking
+from fmnist_lab.sweep import faults
 from fmnist_lab.sweep.champion import register_best
 from fmnist_lab.sweep.config import (
     REFERENCES,
@@ -24,7 +26,7 @@ from fmnist_lab.sweep.config import (
 )
 from fmnist_lab.sweep.finalists import Finalist, print_finalists, run_finalists
 from fmnist_lab.sweep.locks import study_lock
-from fmnist_lab.sweep.repair import fail_dead_trials, record_missing_runs
+from fmnist_lab.sweep.reconcile import reconcile
 from fmnist_lab.sweep.study import load_study, open_parent_run, open_study_storage
 from fmnist_lab.sweep.worker import search
 
@@ -41,47 +43,46 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
     """Search, then retrain the finalists; returns what was recorded."""
     spec = cfg.sweep
     check_sweep(cfg, overrides)
+    faults.check()
     tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)  # an absent server: at once
     storage = open_study_storage(cfg)
     study = load_study(cfg, storage)
-    with study_lock(cfg, "setup"):  # other machines may be starting the same study now
-        if cfg.enqueue_references and not study.trials:
-            for ref in REFERENCES:
-                study.enqueue_trial({}, user_attrs={"reference": ref})
-        enqueue_warm_start(study, warm_start_entries(spec))
-        parent = open_parent_run(cfg, study)
-    parent_id = parent.info.run_id
-    ctx = WorkerContext(cfg, list(overrides), parent_id, mlflow.get_tracking_uri(), None,
-                        storage)  # fmt: skip
+    ctx: WorkerContext | None = None
     finalists: list[Finalist] | None = None
     interrupted = False
     try:
-        failed = fail_dead_trials(ctx, study)
-        if failed:
-            print(f"resuming: trials {failed} were left running by a killed sweep; now FAIL")
-        recorded = record_missing_runs(ctx, study)
-        if recorded:
-            print(f"resuming: the MLflow runs of trials {recorded} recorded in their final state")
+        with study_lock(cfg, "setup"):  # other machines may be starting the same study now
+            if cfg.enqueue_references and not study.trials:
+                for ref in REFERENCES:
+                    study.enqueue_trial({}, user_attrs={"reference": ref})
+            enqueue_warm_start(study, warm_start_entries(spec))
+            parent_id = open_parent_run(cfg, study).info.run_id
+        ctx = WorkerContext(cfg, list(overrides), parent_id, mlflow.get_tracking_uri(), None,
+                            storage, study.user_attrs["uid"])  # fmt: skip
+        for line in reconcile(ctx, study).lines():
+            print(f"resuming: {line}", flush=True)
         search(cfg, list(overrides), study, parent_id)
-        record_missing_runs(ctx, study)  # of trials whose worker could not record them
+        reconcile(ctx, study)  # trials whose worker could not record their runs
         # The finalists are trained once, by the first process (of any machine) whose search
         # ends, after the trials still running elsewhere; the others wait for it under the
         # same lock, then find them done, so every machine's command ends with the results.
         with study_lock(cfg, "finalists", wait=False) as first:
             if first:
-                finalists = close_study(cfg, overrides, study, parent_id)
+                finalists = close_study(ctx, study)
         if finalists is None:
             print("waiting: another process of this study trains its finalists", flush=True)
             with study_lock(cfg, "finalists"):
-                finalists = close_study(cfg, overrides, study, parent_id)
+                finalists = close_study(ctx, study)
     except KeyboardInterrupt:
         interrupted = True
     except BaseException:
         mlflow.end_run("FAILED")
         raise
     if interrupted:  # handled out of the except block: see tracking.release_interrupted_call
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
         tracking.release_interrupted_call()
-        record_missing_runs(ctx, study)  # the workers have stopped: what they could not record
+        if ctx is not None:
+            reconcile(ctx, study)  # the workers have stopped: what they could not record
         mlflow.end_run("KILLED")
         raise KeyboardInterrupt
     mlflow.end_run("FINISHED")
@@ -89,13 +90,13 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str]) -> SweepResult:
     return SweepResult(cfg.study_name, parent_id, study.get_trials(), finalists)
 
 
-def close_study(cfg: DictConfig, overrides: Sequence[str], study: optuna.Study,
-                parent_id: str) -> list[Finalist]:  # fmt: skip
-    """Once no trial runs anywhere: the finalists (those already trained are kept) and the
-    registry."""
+def close_study(ctx: WorkerContext, study: optuna.Study) -> list[Finalist]:
+    """Under the closing lock, once no trial runs anywhere: what a closing process that died
+    left running is ended, then the finalists (those done are kept) and the registry."""
+    reconcile(ctx, study, closing=True)
     wait_for_running_trials(study)
-    finalists = run_finalists(cfg, list(overrides), study, parent_id)
-    register_best(cfg, finalists, parent_id)
+    finalists = run_finalists(ctx.cfg, ctx.overrides, study, ctx.parent_run_id, ctx.study_uid)
+    register_best(ctx.cfg, finalists, study)
     return finalists
 
 

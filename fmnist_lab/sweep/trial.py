@@ -16,10 +16,11 @@ from fmnist_lab import tracking
 from fmnist_lab.errors import UserError
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.storage import trial_id
+from fmnist_lab.sweep import faults
 from fmnist_lab.sweep.config import WorkerContext, trial_run_config
-from fmnist_lab.sweep.repair import finish
+from fmnist_lab.sweep.reconcile import end_trial
 from fmnist_lab.sweep.samplers import prunes
-from fmnist_lab.train import train
+from fmnist_lab.train import RunResult, train
 
 
 class PruneOnValidation(pl.Callback):
@@ -43,7 +44,8 @@ class PruneOnValidation(pl.Callback):
 
 
 def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> None:
-    """Train one trial and tell the study how it ended (COMPLETE, PRUNED or FAIL)."""
+    """Train one trial and tell the study how it ended (COMPLETE, PRUNED or FAIL): while its
+    run is still RUNNING where it trained, so that a FINISHED run always has its trial told."""
     spec = ctx.spec
     reference = trial.user_attrs.get("reference")
     warm_start = trial.user_attrs.get("warm_start")
@@ -57,7 +59,8 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     if spec.constraints.min_val_acc is not None:
         trial.set_user_attr("min_val_acc", float(spec.constraints.min_val_acc))
     cfg = trial_run_config(ctx, overrides)
-    tags = {"role": "trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number)}
+    tags = {"role": "trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number),
+            "study_uid": ctx.study_uid}  # fmt: skip
 
     # Checks that need no training: the model must exist and fit the parameter budget.
     reason = None
@@ -78,30 +81,43 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     # that is the one objective (Optuna cannot prune multi-objective studies at all).
     prunable = [o.metric for o in spec.objectives] == ["val_acc"] and prunes(spec)
     pruning = PruneOnValidation(trial, enabled=prunable)
+
+    def tell(result: RunResult) -> None:
+        val_acc = result.metrics.get("val_acc")
+        trial.set_user_attr("val_acc", val_acc)
+        trial.set_user_attr("train_time_s", result.metrics.get("train_time_s"))
+        if pruning.pruned_at is not None:
+            told(study, trial, TrialState.PRUNED,
+                 f"pruned after epoch {pruning.pruned_at} (val_acc {val_acc:.4f})")  # fmt: skip
+            return
+        values = [n_params if o.metric == "params" else result.metrics[o.metric]
+                  for o in spec.objectives]  # fmt: skip
+        told(study, trial, TrialState.COMPLETE, None, values)
+
     try:
-        result = train(
+        train(
             cfg,
-            callbacks=[pruning],
+            callbacks=[pruning, *faults.callbacks("trial")],
             parent_run_id=ctx.parent_run_id,
             tags=tags,
             splits=ctx.splits_for(cfg.data),
             name_prefix=f"t{trial.number}-",
+            on_result=tell,
         )
     except KeyboardInterrupt:
         raise  # the worker marks the trial
     except Exception as err:  # any failure of one trial: record it, the sweep goes on
-        finish(study, trial, TrialState.FAIL, f"{type(err).__name__}: {err}", ctx)
-        return
-    val_acc = result.metrics.get("val_acc")
-    trial.set_user_attr("val_acc", val_acc)
-    trial.set_user_attr("train_time_s", result.metrics.get("train_time_s"))
-    if pruning.pruned_at is not None:
-        reason = f"pruned after epoch {pruning.pruned_at} (val_acc {val_acc:.4f})"
-        finish(study, trial, TrialState.PRUNED, reason, ctx)
-        return
-    values = [n_params if o.metric == "params" else result.metrics[o.metric]
-              for o in spec.objectives]  # fmt: skip
-    finish(study, trial, TrialState.COMPLETE, None, ctx, values)
+        end_trial(ctx, study, trial, TrialState.FAIL, f"{type(err).__name__}: {err}")
+
+
+def told(study: optuna.Study, trial: optuna.Trial, state: TrialState, reason: str | None,
+         values: list[float] | None = None) -> None:  # fmt: skip
+    """Tell the study how the trial ended, and tag its active run so (it ends FINISHED)."""
+    if reason:
+        trial.set_user_attr("reason", reason)
+        mlflow.set_tag("optuna.reason", reason[:5000])
+    frozen = study.tell(trial, values=values, state=state)  # FAIL, not COMPLETE, on a NaN
+    mlflow.set_tag("optuna.state", frozen.state.name)
 
 
 @contextmanager
@@ -144,4 +160,4 @@ def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
         if n_params is not None:
             tracking.log_param_count(n_params)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
-    finish(study, trial, TrialState.PRUNED, reason, ctx)
+        told(study, trial, TrialState.PRUNED, reason)

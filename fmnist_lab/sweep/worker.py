@@ -24,10 +24,12 @@ from optuna.trial import FrozenTrial, TrialState
 from fmnist_lab import tracking
 from fmnist_lab.errors import UserError
 from fmnist_lab.storage import trial_id
+from fmnist_lab.sweep import faults
 from fmnist_lab.sweep.config import WorkerContext
 from fmnist_lab.sweep.locks import sigint_held, study_lock
 from fmnist_lab.sweep.progress import Progress
-from fmnist_lab.sweep.repair import HOST, end_interrupted_trials
+from fmnist_lab.sweep.reconcile import fail_own_trials
+from fmnist_lab.sweep.record import owner
 from fmnist_lab.sweep.samplers import make_pruner, make_sampler
 from fmnist_lab.sweep.study import open_study_storage
 from fmnist_lab.sweep.trial import beats, heartbeat, run_trial
@@ -40,20 +42,22 @@ def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
         return None
     with study_lock(ctx.cfg, "trials"):
         optuna.storages.fail_stale_trials(study)  # a dead machine's trials end FAIL
-        trials = study.get_trials(deepcopy=False)
-        waiting = any(t.state == TrialState.WAITING for t in trials)
-        if len(trials) >= spec.budget.n_trials and not waiting:
-            return None
-        if stop_condition_met(spec, trials):
+        if search_done(spec, study.get_trials(deepcopy=False)):
             return None
         # Noted under the lock, so that a RUNNING trial without owner is known to be one whose
-        # worker was killed in between (fail_dead_trials); a Ctrl-C waits until it is noted.
+        # worker was killed in between (reconcile); a Ctrl-C waits until it is noted.
         with sigint_held():
             trial = study.ask()
-            trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
+            trial.set_user_attr("worker", owner())
         if beats(ctx.storage):  # from its first moment, so that a machine dying now is noticed
             ctx.storage.record_heartbeat(trial_id(ctx.storage, study.study_name, trial.number))
         return trial
+
+
+def search_done(spec: DictConfig, trials: Sequence[FrozenTrial]) -> bool:
+    """Whether the budget is spent (nothing queued) or a stop condition is met."""
+    waiting = any(t.state == TrialState.WAITING for t in trials)
+    return len(trials) >= spec.budget.n_trials and not waiting or stop_condition_met(spec, trials)
 
 
 def stop_condition_met(spec: DictConfig, trials: Sequence[FrozenTrial]) -> bool:
@@ -75,6 +79,7 @@ def worker_main(
     """Entry point of worker number `index`: run trials until the study is done, on GPU
     number `gpu` when there are several."""
     _die_with_parent(parent_pid)
+    faults.in_worker(parent_pid)
     if gpu is not None:  # before CUDA starts in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     quiet()
@@ -88,11 +93,11 @@ def worker_main(
     # (a restart) is waited out as long as MLflow's client waits one out in a running trial.
     tracking.configure(cfg.tracking.uri, cfg.tracking.experiment, tracking.retry_window_s())
     storage = open_study_storage(cfg)
-    ctx = WorkerContext(cfg, overrides, parent_run_id, mlflow.get_tracking_uri(), deadline,
-                        storage)  # fmt: skip
     study = optuna.load_study(
         study_name=cfg.study_name, storage=storage, pruner=make_pruner(cfg.sweep)
     )
+    ctx = WorkerContext(cfg, overrides, parent_run_id, mlflow.get_tracking_uri(), deadline,
+                        storage, study.user_attrs["uid"])  # fmt: skip
     # Seeded by worker and by how far the study is, so no two draw the same samples.
     study.sampler = make_sampler(cfg.sweep, offset=7919 * index + len(study.trials))
     try:
@@ -105,7 +110,7 @@ def worker_main(
     # Out of the except block, so that the frames of an MLflow call the Ctrl-C cut short can
     # be freed, and with them the lock they may hold on a SQLite store.
     tracking.release_interrupted_call()
-    end_interrupted_trials(ctx, study)
+    fail_own_trials(ctx, study)
     sys.exit(130)
 
 
@@ -122,6 +127,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def quiet() -> None:
     warnings.filterwarnings("ignore")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("pytorch_lightning", "lightning", "mlflow", "optuna"):
         logging.getLogger(name).setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -130,6 +136,8 @@ def quiet() -> None:
 def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id: str) -> None:
     """Run the workers and follow the study until they are done."""
     spec = cfg.sweep
+    if search_done(spec, study.get_trials(deepcopy=False)):
+        return  # resumed after the search: no worker to start
     deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
     threads = max(1, len(os.sched_getaffinity(0)) // cfg.workers)  # the cores we may use
     context = multiprocessing.get_context("spawn")
@@ -161,6 +169,7 @@ def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id
             progress.update()
     except KeyboardInterrupt:
         interrupted = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
     if interrupted:
         # Out of the except block: an MLflow call cut short here lets go of the store before
         # the workers record their trials (tracking.release_interrupted_call).
