@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from fmnist_lab.sweep.record import Record
 
+from .conftest import default_sigint
 from .test_sweep import load, runs_by_role, stores
 
 N_TRIALS = 6
@@ -54,7 +55,7 @@ def sweep(tmp_path, args: list[str], env: dict[str, str]) -> subprocess.Complete
     proc = subprocess.Popen(
         [sys.executable, "-m", "fmnist_lab.sweep", *SWEEP, *args], cwd=tmp_path, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, preexec_fn=default_sigint,
     )  # fmt: skip
     try:
         out, err = proc.communicate(timeout=600)

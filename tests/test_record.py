@@ -5,6 +5,7 @@ phase, is tests/test_chaos.py."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import optuna
@@ -66,7 +67,16 @@ def test_a_process_is_gone_only_when_it_ran_here_and_ended():
     assert not gone(None)
 
 
-def test_a_fault_point_signals_the_real_process_the_nth_time(monkeypatch, capfd):
+@pytest.fixture
+def ctrl_c():
+    """Python's own Ctrl-C handler, also where pytest runs with SIGINT ignored (as a
+    background job of a shell does)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_fault_point_signals_the_real_process_the_nth_time(monkeypatch, capfd, ctrl_c):
     monkeypatch.setenv(faults.FAULT_ENV, "rerank:2")
     monkeypatch.setenv(faults.SIGNAL_ENV, "SIGINT")
     monkeypatch.setattr(faults, "_reached", faults.Counter())
