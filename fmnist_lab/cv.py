@@ -15,7 +15,7 @@ import hydra
 import mlflow
 from omegaconf import DictConfig
 
-from fmnist_lab import tracking
+from fmnist_lab import settings, tracking
 from fmnist_lab.data import fold_splits
 from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
@@ -39,6 +39,7 @@ class CvResult:
 
 def cross_validate(cfg: DictConfig) -> CvResult:
     """Train `cfg` once per fold; log each fold as a child run and the summary on the parent."""
+    settings.check(cfg, settings.CrossValidation)
     n_params = count_params(build_model(cfg.model))  # a bad model config fails before the data
     folds = fold_splits(cfg.data, cfg.folds)
     first = next(folds)  # loads the data and checks `folds` before any run is started

@@ -121,13 +121,13 @@ def checked_recipes(names: Sequence[str], seeds: int, data: str | None,
 
 def check_recipe(recipe: str, data: str | None, overrides: Sequence[str]) -> None:
     """Everything that can be wrong with a recipe's config before any run is recorded."""
+    from fmnist_lab import settings
     from fmnist_lab.models import build_model
-    from fmnist_lab.train import scaled_lr
 
     cfg = run_config(recipe, 0, data, overrides, None)
     try:
+        settings.check(cfg)
         build_model(cfg.model)
-        scaled_lr(cfg)
     except UserError as err:
         raise UserError(f"experiment={recipe}: {err}") from None
 

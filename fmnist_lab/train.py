@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fmnist_lab import evaluate, tracking
+from fmnist_lab import evaluate, settings, tracking
 from fmnist_lab.data import DataModule, Splits, load_splits
 from fmnist_lab.epoch_logger import MlflowEpochLogger
 from fmnist_lab.errors import UserError, exit_cleanly
@@ -59,6 +59,7 @@ def train(
     # Batches come from device tensors, not a DataLoader, and only epoch metrics are logged:
     # Lightning's hints about workers and logging intervals do not apply.
     warnings.filterwarnings("ignore", message=".*(num_workers|log_every_n_steps|LeafSpec).*")
+    settings.check(cfg)  # every setting, before anything is built or recorded
     pl.seed_everything(cfg.seed, verbose=False)
     runtime = cfg.runtime
     if runtime.threads:
@@ -140,11 +141,6 @@ def load_teacher(spec: DictConfig, classes: int, example: torch.Tensor) -> Teach
     recorded; None when no teacher is set."""
     if not spec.teacher:
         return None
-    alpha, temperature = spec.alpha, spec.temperature
-    if not is_number(alpha) or not 0 <= alpha <= 1:
-        raise UserError(f"distill.alpha={alpha} must be a number from 0 to 1")
-    if not is_number(temperature) or temperature <= 0:
-        raise UserError(f"distill.temperature={temperature} must be a positive number")
     try:
         model = mlflow.pytorch.load_model(spec.teacher, map_location="cpu")
         with torch.no_grad():
@@ -157,12 +153,7 @@ def load_teacher(spec: DictConfig, classes: int, example: torch.Tensor) -> Teach
     if shape != (len(example), classes):
         raise UserError(f"distill.teacher '{spec.teacher}' predicts {shape[1:]} outputs per "
                         f"image; this dataset has {classes} classes")  # fmt: skip
-    return Teacher(model, float(alpha), float(temperature))
-
-
-def is_number(value) -> bool:
-    """An int or float from the config (YAML's true/false are not numbers here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return Teacher(model, float(spec.alpha), float(spec.temperature))
 
 
 LR_RULES = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
@@ -171,12 +162,8 @@ LR_RULES = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": ma
 def scaled_lr(cfg: DictConfig) -> float:
     """optimizer.lr for data.batch_size, by `lr_scaling`: the linear rule keeps SGD's update
     per image constant as the batch grows (Goyal et al., 2017), the square-root rule suits
-    Adam-type optimizers; `none` takes optimizer.lr as it is."""
+    Adam-type optimizers; `none` takes optimizer.lr as it is (checked: fmnist_lab/settings.py)."""
     rule, base = cfg.lr_scaling.rule, cfg.lr_scaling.base_batch_size
-    if rule not in LR_RULES:
-        raise UserError(f"lr_scaling.rule must be one of {', '.join(LR_RULES)}, not '{rule}'")
-    if not is_number(base) or base <= 0:
-        raise UserError(f"lr_scaling.base_batch_size must be a positive number, not {base}")
     return float(cfg.optimizer.lr) * LR_RULES[rule](cfg.data.batch_size / base)
 
 

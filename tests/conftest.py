@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hypothesis import settings as hypothesis_settings
 
 from .small_data import SmallData
 from .small_data import write as write_small_data
@@ -24,6 +25,10 @@ from .small_data import write as write_small_data
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SHARED_DATA = Path(os.environ.get("FMNIST_LAB_DATA", REPO.parent / "shared" / "data")).resolve()
+
+# Property-based tests keep no example database in the working tree: each run draws afresh.
+hypothesis_settings.register_profile("suite", database=None)
+hypothesis_settings.load_profile("suite")
 
 # Fixtures that reach the real datasets: only tests marked slow may use them.
 REAL_DATA_FIXTURES = ("data_root",)
@@ -48,7 +53,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 # Caches and the environment, which running anything creates; everything else that appears
 # in the working tree during the suite fails it.
 TREE_IGNORED = (".venv", ".pytest_cache", ".ruff_cache", ".mypy_cache", "*.egg-info",
-                "**/__pycache__")  # fmt: skip
+                "**/__pycache__", ".hypothesis")  # fmt: skip
 TREE_KEY = pytest.StashKey[set | None]()
 LEFT_KEY = pytest.StashKey[list]()
 

@@ -62,5 +62,5 @@ def test_cv_logs_one_run_per_fold(tmp_path, data_root, cache_dir):
 
 def test_cv_needs_two_folds(tmp_path, small_data):
     result = run_cli("fmnist_lab.cv", "folds=1", *small_data.cfg_overrides(), cwd=tmp_path)
-    assert result.returncode == 2 and "folds=1 must be" in result.stderr
+    assert result.returncode == 2 and "folds=1: must be greater than or equal to 2" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing recorded

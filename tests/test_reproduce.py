@@ -153,7 +153,7 @@ def test_a_seed_counts_only_if_trained_with_the_settings_the_recipe_has_now(tmp_
         (["r2_mlp", "--set", "seed=7"], "this command sets seed itself; use --seeds instead"),
         (["--set", "data=mnist", "r2_mlp"], "use --data instead"),
         (["--set", "trainer.max_epochs=1", "r2_mlp"], "'r2_mlp' is not one"),
-        (["r2_mlp", "--set", "lr_scaling.rule=cubic"], "lr_scaling.rule must be one of"),
+        (["r2_mlp", "--set", "lr_scaling.rule=cubic"], "lr_scaling.rule=cubic: must be"),
         (["r2_mlp", "--set", "model.hidden=[-1]"], "experiment=r2_mlp: model 'mlp_r2' cannot be"),
     ],
 )  # fmt: skip

@@ -118,12 +118,12 @@ def test_unknown_sampler_stops_composition():
     [
         ("+sweep.space.augmentation={type:categorical,choices:[none,nope]}",
          "a trial's config cannot be composed with"),
-        ("lr_scaling.rule=cubic", "lr_scaling.rule must be one of none, linear, sqrt"),
+        ("lr_scaling.rule=cubic", "lr_scaling.rule=cubic: must be 'none', 'linear' or 'sqrt'"),
         ("sweep.finalists.select=budgets", "finalists.select=budgets needs finalists.budgets"),
         ("+sweep.warm_start=[['augmentation=nope']]", "a trial's config cannot be composed with"),
         ("+sweep.warm_start=['model.fc=[]']", "sweep.warm_start: each entry must be a list"),
-        ("sweep.finalists.rerank=2", "finalists.rerank needs finalists.select=budgets"),
-        ("sweep.finalists.rerank=-1", "finalists.rerank=-1 must be a whole number of trials"),
+        ("sweep.finalists.rerank=2", "finalists.rerank=2 needs finalists.select=budgets"),
+        ("sweep.finalists.rerank=-1", "sweep.finalists.rerank=-1: must be greater than or"),
         ("registry.select_by=test_acc_mean", "test_acc_mean chose the champion on the test set"),
     ],
 )  # fmt: skip

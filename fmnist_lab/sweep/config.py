@@ -12,20 +12,17 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_lab import registry
+from fmnist_lab import settings
 from fmnist_lab import space as search_space
 from fmnist_lab.data import Splits, load_splits
 from fmnist_lab.errors import UserError, hydra_message
-from fmnist_lab.storage import check_heartbeat
 from fmnist_lab.sweep.samplers import left_out
-from fmnist_lab.train import scaled_lr
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # Keys of conf/sweep.yaml that steer the sweep; a trial's training config drops them.
 SWEEP_KEYS = ("sweep", "study_name", "storage", "workers", "enqueue_references", "output_dir",
               "registry", "heartbeat")  # fmt: skip
 REFERENCES = ("r3_cnn", "conv2dsimple2")  # the warm start of enqueue_references=true
-OBJECTIVES = ("val_acc", "val_loss", "params")  # what a trial can return
 
 
 @dataclass
@@ -69,26 +66,12 @@ def check_sweep(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """Every check of the sweep file and the command line that needs no storage: a mistake
     stops the command before anything is recorded."""
     spec = cfg.sweep
+    settings.check(cfg, settings.Sweep)  # every setting, the sweep file's own block too
     search_space.validate(search_space.flatten(spec.space))
-    if cfg.workers < 1:
-        raise UserError(f"workers={cfg.workers} must be at least 1")
-    if cfg.data.val_size < 1:
-        raise UserError("a sweep selects on the validation split: data.val_size must be > 0")
     check_trial_configs(cfg, overrides)
-    check_heartbeat(cfg.heartbeat)
     unused = left_out(spec)
     if unused:
         print(f"note: {', '.join(unused)}: not taken by the chosen sampler or pruner; left out")
-    check_finalist_rule(spec.finalists)
-    wrong = registry.check_select_by(cfg.registry.select_by)  # now, not after the finalists
-    if wrong:
-        raise UserError(wrong)
-    for o in spec.objectives:
-        if o.metric not in OBJECTIVES or o.direction not in ("maximize", "minimize"):
-            raise UserError(
-                f"objective {o.metric}/{o.direction}: metric must be one of "
-                f"{', '.join(OBJECTIVES)} and direction maximize or minimize"
-            )
 
 
 def check_trial_configs(cfg: DictConfig, overrides: Sequence[str]) -> None:
@@ -113,7 +96,10 @@ def check_trial_configs(cfg: DictConfig, overrides: Sequence[str]) -> None:
             raise UserError(
                 f"a trial's config cannot be composed with {variant}: {hydra_message(err)}"
             ) from None
-        scaled_lr(trial_cfg)  # a bad lr_scaling stops here too
+        try:
+            settings.check(trial_cfg)  # a sampled value out of range stops here too
+        except UserError as err:
+            raise UserError(f"a trial with {' '.join(variant)}: {err}") from None
 
 
 def warm_start_entries(spec: DictConfig) -> list[str]:
@@ -153,34 +139,6 @@ def trial_run_config(ctx: WorkerContext, overrides: Sequence[str]) -> DictConfig
                             f"log_model={ctx.spec.log_models}")  # fmt: skip
 
 
-FINALIST_RULES = ("pareto", "top_k", "budgets")
-
-
 def rerank_count(policy: DictConfig) -> int:
     """`finalists.rerank`; a sweep file written before it existed reranks nothing."""
     return policy.get("rerank", 0)
-
-
-def check_finalist_rule(policy: DictConfig) -> None:
-    if policy.select not in FINALIST_RULES:
-        raise UserError(
-            f"finalists.select '{policy.select}' is not one of {', '.join(FINALIST_RULES)}"
-        )
-    budgets = policy.get("budgets")
-    if policy.select == "budgets" and (
-        not budgets or not all(isinstance(b, int) and b > 0 for b in budgets)
-    ):
-        raise UserError(
-            "finalists.select=budgets needs finalists.budgets: a list of parameter counts"
-        )
-    rerank = rerank_count(policy)
-    if not isinstance(rerank, int) or isinstance(rerank, bool) or rerank < 0:
-        raise UserError(f"finalists.rerank={rerank} must be a whole number of trials, 0 for none")
-    if rerank and policy.select != "budgets":
-        raise UserError(
-            f"finalists.rerank needs finalists.select=budgets (or finalists.rerank=0 with "
-            f"select={policy.select})"
-        )
-    epochs = policy.get("rerank_epochs")
-    if rerank and epochs is not None and (not isinstance(epochs, int) or epochs < 1):
-        raise UserError(f"finalists.rerank_epochs={epochs} must be a positive whole number")

@@ -19,12 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_lab import evaluate, tracking
 from fmnist_lab.sweep import faults
-from fmnist_lab.sweep.config import (
-    WorkerContext,
-    check_finalist_rule,
-    rerank_count,
-    trial_run_config,
-)
+from fmnist_lab.sweep.config import WorkerContext, rerank_count, trial_run_config
 from fmnist_lab.sweep.progress import log_study_summary, pareto_trials
 from fmnist_lab.sweep.record import Record
 from fmnist_lab.train import train
@@ -84,7 +79,6 @@ def select_finalists(
     by `longer`, their validation accuracy after the finalists' training length (`rerank`)."""
     policy = spec.finalists
     complete = _complete(study, spec)
-    check_finalist_rule(policy)
     if policy.select == "budgets":
         chosen: dict[int, FrozenTrial] = {}
         for budget in sorted(policy.budgets):
