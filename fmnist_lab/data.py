@@ -11,6 +11,7 @@ import fcntl
 import io
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,14 +196,23 @@ def _load_idx(name: str, root: str | None, cache_dir: str):
     """Return ((train_x, train_y), (test_x, test_y)) through torchvision's dataset class."""
     cls, _, subdirs = IDX_DATASETS[name]
     cache = Path(cache_dir).expanduser()
-    cache.mkdir(parents=True, exist_ok=True)
     local = _data_root(root)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = open(cache / ".lock", "w")  # noqa: SIM115 (closed by the with below)
+    except OSError as err:
+        raise UserError(
+            f"the data cache {cache} cannot be written ({err.strerror}); set data.cache_dir= "
+            f"or FMNIST_LAB_CACHE to a folder of yours"
+        ) from None
     # torchvision extracts into <cache>/<Class>/raw; a lock keeps parallel workers from
     # extracting the same files at once.
-    with open(cache / ".lock", "w") as lock:
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        raw = cache / cls.__name__ / "raw"
         if local is not None:
-            _stage_local_files(cls, name, local, subdirs, cache / cls.__name__ / "raw")
+            _stage_local_files(cls, name, local, subdirs, raw)
+        _drop_damaged_extractions(cls, raw)
         try:
             with (
                 contextlib.redirect_stdout(io.StringIO()),
@@ -221,6 +231,31 @@ def _load_idx(name: str, root: str | None, cache_dir: str):
         (train.data.unsqueeze(1).contiguous(), train.targets.long()),
         (test.data.unsqueeze(1).contiguous(), test.targets.long()),
     )
+
+
+def _drop_damaged_extractions(cls, raw: Path) -> None:
+    """Delete an extracted IDX file that is truncated or not IDX (a process killed during
+    the first extraction), so that torchvision extracts it again from its verified .gz."""
+    for fname, _ in cls.resources:
+        extracted = raw / fname.removesuffix(".gz")
+        if extracted.is_file() and not idx_intact(extracted):
+            print(f"note: {extracted} is damaged (truncated or not IDX); extracting it again",
+                  file=sys.stderr)  # fmt: skip
+            extracted.unlink()
+
+
+def idx_intact(path: Path) -> bool:
+    """Whether `path` is a whole IDX file of unsigned bytes: its header's sizes account for
+    exactly the bytes it holds."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
+            return False
+        dims = f.read(4 * head[3])
+        if len(dims) < 4 * head[3]:
+            return False
+    sizes = np.frombuffer(dims, dtype=">u4")
+    return path.stat().st_size == 4 + len(dims) + int(np.prod(sizes, dtype=np.int64))
 
 
 def _stage_local_files(cls, name: str, local: Path, subdirs, raw: Path) -> None:
@@ -247,23 +282,31 @@ def _stage_local_files(cls, name: str, local: Path, subdirs, raw: Path) -> None:
             target.with_suffix("").unlink(missing_ok=True)
 
 
+CSV_HEADER = ["label", *(f"pixel{i}" for i in range(1, 785))]  # Kaggle's column names
+
+
 def read_csv(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Read the Kaggle form (header, then `label,pixel1..pixel784` per row) as uint8 tensors.
 
-    Errors name the line (1 is the header) and the column of the first bad cell.
+    The file must be UTF-8 text with Kaggle's header and at least one image; blank lines at its
+    end are fine. Errors name the file, the line (1 is the header) and the column of the first
+    bad cell, or say what the file looks like instead of a CSV.
     """
     if not path.is_file():
         raise UserError(f"CSV file {path} not found; set data.root= or {DATA_ENV} to its folder")
-    lines = path.read_text().splitlines()
+    lines = _text_lines(path)
+    while lines and not lines[-1].strip():
+        lines.pop()
     if not lines:
         raise UserError(f"{path} is empty; expected a header line label,pixel1,...,pixel784")
     header = [h.strip() for h in lines[0].split(",")]
-    if len(header) != 785:
-        raise UserError(
-            f"{path} line 1: the header has {len(header)} columns, expected 785 "
-            f"(label,pixel1..pixel784)"
-        )
+    if header != CSV_HEADER:
+        raise UserError(f"{path} line 1: {_header_problem(header)}")
+    if len(lines) == 1:
+        raise UserError(f"{path} has the header but no images (line 2 onwards: one per image)")
     for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            raise UserError(f"{path} line {number} is blank; only the end may have blank lines")
         if line.count(",") != 784:
             raise UserError(f"{path} line {number}: {line.count(',') + 1} columns, expected 785")
     try:
@@ -285,6 +328,37 @@ def read_csv(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         )
     images = torch.from_numpy(table[:, 1:].astype(np.uint8)).reshape(-1, 1, 28, 28)
     return images.contiguous(), torch.from_numpy(table[:, 0].copy())
+
+
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, or an error saying what the file is instead."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        raise UserError(f"{path} is gzip-compressed, not a CSV; decompress it first (gunzip)")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise UserError(f"{path} is UTF-16 text; save it as UTF-8")
+    if b"\x00" in data[:4096]:
+        raise UserError(f"{path} is binary data, not a CSV text file")
+    try:
+        text = data.decode("utf-8-sig")  # a UTF-8 byte-order mark is fine
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line}: byte 0x{data[err.start]:02x} is not UTF-8 text; "
+                        f"save the file as UTF-8") from None  # fmt: skip
+    return text.splitlines()
+
+
+def _header_problem(header: list[str]) -> str:
+    """What is wrong with a CSV's first line, given that it is not Kaggle's header."""
+    if all(cell.lstrip("-").isdigit() for cell in header):
+        return ("this is an image, not the header; add the header line "
+                "label,pixel1,...,pixel784 above it")  # fmt: skip
+    if len(header) != 785:
+        return f"the header has {len(header)} columns, expected 785 (label,pixel1..pixel784)"
+    column = next(
+        i for i, (got, want) in enumerate(zip(header, CSV_HEADER, strict=True)) if got != want
+    )
+    return f"header column {column + 1} is {header[column]!r}, expected {CSV_HEADER[column]!r}"
 
 
 def _raise_first_non_integer(path: Path, lines: list[str], header: list[str]) -> None:

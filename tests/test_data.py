@@ -4,6 +4,7 @@ form, device batches and bad input on small generated files (tests/small_data.py
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import http.server
 import shutil
@@ -15,7 +16,7 @@ import pytest
 import torch
 from torchvision.datasets import FashionMNIST
 
-from fmnist_lab.data import DeviceBatches, load_splits, stratified_split
+from fmnist_lab.data import DeviceBatches, idx_intact, load_splits, read_csv, stratified_split
 from fmnist_lab.datasets import DATA_ENV
 from fmnist_lab.errors import UserError
 
@@ -188,6 +189,70 @@ def test_bad_csv_exits_2_with_one_sentence(csv_dir, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {root / 'fashion-mnist_train.csv'} line 3, column pixel5: 'x7' is not an integer"
     )
+
+
+def write_test_csv(tmp_path: Path, csv_dir: Path, content: bytes) -> Path:
+    """The small train CSV, and `content` as the test CSV, in a folder of their own."""
+    shutil.copy(csv_dir / "fashion-mnist_train.csv", tmp_path)
+    (tmp_path / "fashion-mnist_test.csv").write_bytes(content)
+    return tmp_path / "fashion-mnist_test.csv"
+
+
+def csv_rows(csv_dir: Path, n: int) -> list[str]:
+    return (csv_dir / "fashion-mnist_test.csv").read_text().splitlines()[: n + 1]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda rows: "\n".join(rows[1:]).encode(),
+         "line 1: this is an image, not the header; add the header line"),
+        (lambda rows: (rows[0] + "\n").encode(), "has the header but no images"),
+        (lambda rows: rows[0].replace("pixel7,", "pixel07,").encode() + b"\n" + rows[1].encode(),
+         "line 1: header column 8 is 'pixel07', expected 'pixel7'"),
+        (lambda rows: "\n".join(rows).encode("utf-16"), "is UTF-16 text; save it as UTF-8"),
+        (lambda rows: gzip.compress("\n".join(rows).encode()), "is gzip-compressed, not a CSV"),
+        (lambda rows: bytes(range(256)) * 8, "is binary data, not a CSV text file"),
+        (lambda rows: ("\n".join(rows[:2]) + "\n").encode() + b"\xe9t\xe9\n",
+         "line 3: byte 0xe9 is not UTF-8 text"),
+        (lambda rows: "\n".join([rows[0], rows[1], "", rows[2]]).encode(),
+         "line 3 is blank; only the end may have blank lines"),
+    ],
+)  # fmt: skip
+def test_a_csv_of_the_wrong_structure_is_refused_naming_file_and_line(
+    csv_dir, tmp_path, make, message
+):  # fmt: skip
+    path = write_test_csv(tmp_path, csv_dir, make(csv_rows(csv_dir, 3)))
+    with pytest.raises(UserError) as err:
+        read_csv(path)
+    assert str(err.value).startswith(str(path)) and message in str(err.value), str(err.value)
+
+
+def test_a_csv_with_blank_lines_at_its_end_and_a_byte_order_mark_reads(csv_dir, tmp_path):
+    rows = csv_rows(csv_dir, 3)
+    path = write_test_csv(tmp_path, csv_dir, ("\ufeff" + "\r\n".join(rows) + "\r\n\n \n").encode())
+    images, labels = read_csv(path)
+    assert images.shape == (3, 1, 28, 28) and labels.tolist() == [
+        int(r.split(",")[0]) for r in rows[1:]
+    ]
+
+
+@pytest.mark.slow  # real data: a fresh cache extracts the real files
+def test_a_truncated_extraction_in_the_cache_is_extracted_again(
+    make_real_cfg, data_root, tmp_path, capfd
+):  # fmt: skip
+    cfg = make_real_cfg(f"data.root={data_root}", f"data.cache_dir={tmp_path}").data
+    expected = load_splits(cfg)
+    extracted = tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    assert idx_intact(extracted)
+    with open(extracted, "r+b") as f:  # a process killed during the first extraction
+        f.truncate(extracted.stat().st_size // 3)
+    assert not idx_intact(extracted)
+    healed = load_splits(cfg)
+    assert "is damaged (truncated or not IDX); extracting it again" in capfd.readouterr().err
+    assert idx_intact(extracted) and torch.equal(healed.train_x, expected.train_x)
+    extracted.write_bytes(b"not an IDX file at all")  # garbage of another kind
+    assert torch.equal(load_splits(cfg).train_x, expected.train_x)
 
 
 # --- locating, checking and downloading the IDX files ------------------------------------
