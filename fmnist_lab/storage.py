@@ -6,6 +6,7 @@ Shared by the sweep (which writes studies) and the report (which reads them).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -46,8 +47,21 @@ def open_storage(url: str, heartbeat: DictConfig | None = None,
 
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if (
+                not os.access(path.parent, os.W_OK)
+                or path.exists()
+                and not os.access(path, os.R_OK | os.W_OK)
+            ):
+                raise PermissionError("read-only")
+            return JournalStorage(JournalFileBackend(str(path)))  # reads the whole journal
+        except Exception as err:  # a file where a folder should be, read-only, damaged
+            reason = " ".join(str(err).split())[:300] or type(err).__name__
+            raise UserError(
+                f"storage {url} cannot be opened ({reason}); fix its folder, or move a damaged "
+                f"journal away"
+            ) from None
     beats = {}
     if heartbeat is not None:
         check_heartbeat(heartbeat)

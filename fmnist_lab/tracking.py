@@ -40,6 +40,7 @@ def configure(uri: str | None, experiment: str, patience_s: float = 0.0) -> None
     if uri:
         mlflow.set_tracking_uri(uri)
     check_server(mlflow.get_tracking_uri(), patience_s=patience_s)
+    check_local_store(mlflow.get_tracking_uri())
     try:
         with first_contact(mlflow.get_tracking_uri()):
             found = mlflow.set_experiment(experiment)
@@ -59,6 +60,52 @@ def configure(uri: str | None, experiment: str, patience_s: float = 0.0) -> None
             f"MLflow tracking at {mlflow.get_tracking_uri()} refused experiment "
             f"'{experiment}': {err.message}"
         ) from None
+    except Exception as err:  # the store's own error (SQLAlchemy, a file system): one line
+        reason = " ".join(str(err).split())[:300]
+        raise UserError(f"the MLflow store {mlflow.get_tracking_uri()} cannot be used: "
+                        f"{reason}") from None  # fmt: skip
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_local_store(uri: str) -> None:
+    """A store on this machine (a SQLite file, or a folder of runs) must be one this process
+    can write, and a SQLite file one SQLite wrote: one sentence before MLflow touches it."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+    elif "://" not in uri or uri.startswith("file://"):
+        path = Path(uri.removeprefix("file://")) / "meta.yaml"  # a folder store's own file
+    else:
+        return  # a server or a database elsewhere: its own errors
+    folder = _existing_ancestor(path.parent)
+    if not folder.is_dir():
+        raise UserError(
+            f"the MLflow store {uri} cannot be made: {folder} is a file, not a folder; fix "
+            f"tracking.uri"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(
+            f"the MLflow store {uri} cannot be written: the folder {folder} is read-only; fix "
+            f"its permissions or choose another tracking.uri"
+        )
+    if path.name != "meta.yaml" and path.is_file() and path.stat().st_size:
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise UserError(f"the MLflow store {path} is read-only; fix its permissions")
+        with open(path, "rb") as f:
+            if f.read(16) != SQLITE_MAGIC:
+                raise UserError(
+                    f"the MLflow store {path} is not an SQLite database (damaged, or another "
+                    f"kind of file); move it away or fix tracking.uri"
+                )
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """`path`, or the nearest folder above it that exists (where a new store would be made)."""
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 @contextmanager
