@@ -8,9 +8,9 @@ GIF (first frame) of any size and mode into that form:
 2. grayscale (ITU-R 601 luma);
 3. inverted when the background (the median of the border pixels) is light;
 4. cropped to the object's bounding box (pixels clearly brighter than the background);
-5. padded to a square with the background, keeping the aspect ratio;
-6. resized with antialiasing so the object's longer side is 26 px, centred on 28x28;
-7. returned as uint8; `to_tensor` makes the float 0..1 input the logged models take (they
+5. resized with antialiasing so the object's longer side is 26 px, keeping the aspect ratio,
+   and centred on a black 28x28;
+6. returned as uint8; `to_tensor` makes the float 0..1 input the logged models take (they
    normalise with the training mean and std themselves).
 
 An image that is already 28x28 with a dark background (a Fashion-MNIST image saved as PNG)
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 SIZE = 28
 OBJECT_SIZE = 26  # the longer side of the object after resizing
 MAX_PIXELS = 40_000_000  # a bigger image is refused before it is decoded (decompression bombs)
+MAX_ASPECT = 20  # a longer strip is no photo of a garment, and costs work out of proportion
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
@@ -69,6 +70,12 @@ def open_image(source: bytes | str | Path, max_pixels: int = MAX_PIXELS) -> Imag
         except (OSError, SyntaxError, ValueError) as err:  # a damaged header
             raise ImageError(f"the image cannot be decoded ({err})", 415) from None
     width, height = image.size
+    if max(width, height) > MAX_ASPECT * min(width, height):  # before any decoding
+        raise ImageError(
+            f"the image is {width}x{height}; its longer side may be at most {MAX_ASPECT} times "
+            f"its shorter (crop it to the object)",
+            422,
+        )
     if width * height > max_pixels:
         raise ImageError(
             f"the image is {width}x{height} = {width * height:,} pixels; the limit is "
@@ -100,14 +107,15 @@ def prepare(image: Image.Image) -> np.ndarray:
         gray = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     # Background to black, so padding and the dataset agree.
     gray = np.clip(gray.astype(np.int16) - background, 0, 255).astype(np.uint8)
-    side = max(gray.shape)
-    square = np.zeros((side, side), np.uint8)
-    top, left = (side - gray.shape[0]) // 2, (side - gray.shape[1]) // 2
-    square[top : top + gray.shape[0], left : left + gray.shape[1]] = gray
-    small = Image.fromarray(square).resize((OBJECT_SIZE, OBJECT_SIZE), Image.Resampling.LANCZOS)
+    # The crop itself is resized (its longer side to OBJECT_SIZE), then centred on black: no
+    # canvas the size of the crop's longer side is ever made.
+    height, width = gray.shape
+    scale = OBJECT_SIZE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.LANCZOS))
     out = np.zeros((SIZE, SIZE), np.uint8)
-    offset = (SIZE - OBJECT_SIZE) // 2
-    out[offset : offset + OBJECT_SIZE, offset : offset + OBJECT_SIZE] = np.asarray(small)
+    top, left = (SIZE - small.shape[0]) // 2, (SIZE - small.shape[1]) // 2
+    out[top : top + small.shape[0], left : left + small.shape[1]] = small
     return out
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -207,6 +209,82 @@ def test_bad_input_gets_a_4xx_and_the_app_keeps_answering(app):
         status, answer = call(f"{app}/predict", body, headers)
         assert status == code and words in answer["detail"], (code, answer)
         assert call(f"{app}/healthz")[0] == 200
+
+
+def json_values() -> st.SearchStrategy:
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=20,
+    )
+
+
+BAD_BODIES = st.one_of(
+    json_values().map(lambda v: (json.dumps(v).encode(), "application/json")),
+    st.builds(lambda n: (b"[" * n + b"]" * n, "application/json"), st.integers(1, 200_000)),
+    st.builds(
+        lambda n: (b'{"image": ' * n + b'"x"' + b"}" * n, "application/json"),
+        st.integers(1, 100_000),
+    ),  # fmt: skip
+    st.binary(max_size=4096).map(lambda b: (b, "application/json")),
+    st.binary(max_size=4096).map(multipart),
+    st.binary(max_size=4096).map(lambda b: (b, "multipart/form-data; boundary=xyz")),
+    st.binary(max_size=256).map(lambda b: (b, "image/png")),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=BAD_BODIES)
+def test_generated_bad_bodies_get_a_4xx_fast_and_the_app_keeps_answering(app, case):
+    body, kind = case
+    headers = kind if isinstance(kind, dict) else {"Content-Type": kind}
+    start = time.monotonic()
+    status, answer = call(f"{app}/predict", body, headers)
+    assert 400 <= status < 500 and "detail" in answer, (status, answer)
+    assert time.monotonic() - start < 10
+    assert call(f"{app}/healthz")[0] == 200
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(width=st.integers(1, 30_000), height=st.integers(1, 120), tall=st.booleans())
+def test_generated_extreme_shapes_are_answered_in_bounded_time(app, width, height, tall):
+    """Long and thin images (PNGs of a few kB): refused by their header, or prepared without
+    a canvas the size of their longer side."""
+    shape = (width, height) if tall else (height, width)
+    image = np.full(shape, 255, np.uint8)
+    image[shape[0] // 3 : shape[0] // 2 + 1, shape[1] // 3 : shape[1] // 2 + 1] = 0
+    start = time.monotonic()
+    status, answer = call(f"{app}/predict", *multipart(png(image)))
+    assert status in (200, 422), (status, answer)
+    if status == 422:
+        assert "at most 20 times" in answer["detail"]
+    assert time.monotonic() - start < 10
+    assert call(f"{app}/healthz")[0] == 200
+
+
+def server_cpu_s(port: int) -> float:
+    """CPU seconds (user + system) used so far by the process listening on `port`."""
+    pid = next(
+        int(p.name) for p in Path("/proc").iterdir()
+        if p.name.isdigit() and f"--port {port}" in p.joinpath("cmdline").read_bytes()
+        .replace(b"\0", b" ").decode(errors="replace")
+    )  # fmt: skip
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_extreme_shapes_cost_the_server_little_cpu(app):
+    """The shapes that cost 8 s of server CPU each when the crop was padded to a square."""
+    port = int(app.rpartition(":")[2])
+    for shape in [(1, 100_000), (100, 40_000), (3, 500_000), (20_000, 1_000), (1_400, 28_000)]:
+        image = np.full(shape, 255, np.uint8)
+        image[: max(1, shape[0] // 2), : max(1, shape[1] // 2)] = 0
+        before = server_cpu_s(port)
+        status, _ = call(f"{app}/predict", *multipart(png(image)))
+        used = server_cpu_s(port) - before
+        print(f"{shape[1]}x{shape[0]}: HTTP {status}, server CPU {used:.2f} s")
+        assert status in (200, 422) and used < 3.0, (shape, status, used)
 
 
 def test_a_refused_upload_is_answered_not_cut_off(app):

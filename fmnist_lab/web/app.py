@@ -147,7 +147,7 @@ async def read_image(request: Request, limit: int) -> bytes:
             if text.startswith("data:"):
                 text = text.partition(",")[2]
             data = base64.b64decode(text, validate=True)
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, binascii.Error):
             raise ImageError('send JSON {"image": "<base64 image>"}', 400) from None
     elif kind.startswith("multipart/form-data"):
         request._body = bytes(body)  # Starlette parses the form from the buffered body
