@@ -20,10 +20,14 @@ def cosine(optimizer: Optimizer, total_steps: int) -> LRScheduler:
 
 
 def onecycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25) -> LRScheduler:
-    """Warm up to optimizer.lr over `pct_start` of the run, then anneal to ~0 (OneCycleLR)."""
+    """Warm up to optimizer.lr over `pct_start` of the run, then anneal to ~0 (OneCycleLR).
+    A run of under 3 steps keeps optimizer.lr; a short one warms up over at least 2 steps
+    (OneCycleLR divides by zero when the warm-up is exactly one step)."""
+    if total_steps < 3:
+        return constant(optimizer, total_steps)
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[group["lr"] for group in optimizer.param_groups],
         total_steps=total_steps,
-        pct_start=pct_start,
+        pct_start=max(pct_start, 2 / total_steps),
     )

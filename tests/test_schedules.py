@@ -1,0 +1,33 @@
+"""The learning-rate schedules run for any number of steps a run can have, also a handful
+(tiny data, a small train_fraction): no division by zero, and the rate stays finite."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fmnist_lab import schedules
+
+
+@pytest.mark.parametrize("make", [schedules.constant, schedules.cosine, schedules.onecycle])
+def test_every_schedule_runs_any_number_of_steps(make):
+    for steps in range(1, 40):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        schedule = make(optimizer, steps)
+        for _ in range(steps):
+            optimizer.step()
+            schedule.step()
+            assert math.isfinite(optimizer.param_groups[0]["lr"])
+
+
+def test_onecycle_keeps_its_warm_up_share_on_a_real_run():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = schedules.onecycle(optimizer, 1000, pct_start=0.25)
+    rates = []
+    for _ in range(1000):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert max(range(1000), key=rates.__getitem__) == 249  # the peak after a quarter
