@@ -17,8 +17,9 @@ from mlflow import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
+from fmnist_lab.errors import UserError
 from fmnist_lab.report.runs import collect, study_runs
-from fmnist_lab.sweep.config import WorkerContext
+from fmnist_lab.sweep.config import WorkerContext, check_trial_configs
 from fmnist_lab.sweep.finalists import select_finalists
 from fmnist_lab.sweep.reconcile import reconcile
 from fmnist_lab.sweep.record import HOST
@@ -105,6 +106,18 @@ def test_a_sampler_setting_another_sampler_does_not_take_is_left_out():
     sampler = make_sampler(cfg.sweep, offset=2)
     assert isinstance(sampler, optuna.samplers.RandomSampler)
     assert sampler._rng.rng.random() == optuna.samplers.RandomSampler(seed=9)._rng.rng.random()
+
+
+def test_a_search_range_reaching_outside_a_setting_stops_before_any_trial():
+    overrides = [
+        "sweep=quick",
+        "sweep.space.optimizer.lr.low=-0.1",
+        "sweep.space.optimizer.lr.log=false",
+    ]
+    with pytest.raises(UserError, match=r"optimizer\.lr=-0\.1: must be greater than 0"):
+        check_trial_configs(compose_sweep(*overrides), overrides)
+    good = ["sweep=quick"]
+    check_trial_configs(compose_sweep(*good), good)
 
 
 def test_unknown_sampler_stops_composition():

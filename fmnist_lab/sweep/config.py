@@ -75,19 +75,24 @@ def check_sweep(cfg: DictConfig, overrides: Sequence[str]) -> None:
 
 
 def check_trial_configs(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """Compose a trial's config with every categorical choice once, so that a misspelt key
-    or option in the sweep file stops the command before any worker starts."""
+    """Compose a trial's config with every categorical choice and both ends of every number's
+    range once, and check each against the settings' schema, so that a misspelt key or option
+    or a range outside what a setting allows stops the command before any worker starts."""
     flat = search_space.flatten(cfg.sweep.space)
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     sample = search_space.suggest(probe.ask(), flat)
     ctx = WorkerContext(cfg, list(overrides), "", "", None)
     variants = [sample]
     for i, key in enumerate(flat):
-        if flat[key]["type"] == "categorical":
-            for choice in flat[key]["choices"]:
-                variant = list(sample)
-                variant[i] = f"{key}={search_space.override_value(choice)}"
-                variants.append(variant)
+        spec = flat[key]
+        # Every choice, and both ends of a number's range: a value out of what the setting
+        # allows (an lr range reaching below 0) stops here, not in a trial.
+        ends = spec["choices"] if spec["type"] == "categorical" else (
+            [spec["low"], spec["high"]] if spec["type"] in ("int", "float") else [])  # fmt: skip
+        for value in ends:
+            variant = list(sample)
+            variant[i] = f"{key}={search_space.override_value(value)}"
+            variants.append(variant)
     variants += [entry.split(" ") for entry in warm_start_entries(cfg.sweep)]
     for variant in variants:
         try:
