@@ -105,8 +105,8 @@ def test_student_follows_the_teacher_as_far_as_alpha_says(
          "load as a model: "),
         ("distill.teacher=<FIVE>", "distill.teacher '<FIVE>' predicts (5,) outputs per image; "
          "this dataset has 10 classes"),
-        ("distill.alpha=1.5", "distill.alpha=1.5 must be a number from 0 to 1"),
-        ("distill.temperature=0", "distill.temperature=0 must be a positive number"),
+        ("distill.alpha=1.5", "distill.alpha=1.5: must be less than or equal to 1"),
+        ("distill.temperature=0", "distill.temperature=0: must be greater than 0"),
     ],
 )  # fmt: skip
 def test_bad_teacher_exits_2_and_records_nothing(
