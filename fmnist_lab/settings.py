@@ -255,7 +255,8 @@ def check(cfg: DictConfig, schema: type[BaseModel] = Training) -> None:
 
 def sentence(error: dict[str, Any], container: dict[str, Any]) -> str:
     """One pydantic error as `key=value must be ...`."""
-    key = ".".join(_path(error["loc"]))
+    path = _path(error["loc"])
+    key = ".".join(path)
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{key} is missing; add it to the config or the sweep file"
@@ -264,7 +265,7 @@ def sentence(error: dict[str, Any], container: dict[str, Any]) -> str:
         return f"{key} is not a setting of {parent or 'the config'} (misspelt?)"
     if error["type"] == "value_error" and "=" in message:
         return message  # a check of its own, already one sentence
-    value = _value(container, _path(error["loc"]))
+    value = _value(container, path)
     message = re.sub(r"^\w+ should", "must", message).replace(" after validation", "")
     return f"{key}={_show(value)}: {message}"
 

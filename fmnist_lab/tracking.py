@@ -73,12 +73,12 @@ def check_local_store(uri: str) -> None:
     """A store on this machine (a SQLite file, or a folder of runs) must be one this process
     can write, and a SQLite file one SQLite wrote: one sentence before MLflow touches it."""
     if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
+        database: Path | None = Path(uri.removeprefix("sqlite:///"))
+        folder = _existing_ancestor(database.parent)
     elif "://" not in uri or uri.startswith("file://"):
-        path = Path(uri.removeprefix("file://")) / "meta.yaml"  # a folder store's own file
+        database, folder = None, _existing_ancestor(Path(uri.removeprefix("file://")))
     else:
         return  # a server or a database elsewhere: its own errors
-    folder = _existing_ancestor(path.parent)
     if not folder.is_dir():
         raise UserError(
             f"the MLflow store {uri} cannot be made: {folder} is a file, not a folder; fix "
@@ -89,13 +89,13 @@ def check_local_store(uri: str) -> None:
             f"the MLflow store {uri} cannot be written: the folder {folder} is read-only; fix "
             f"its permissions or choose another tracking.uri"
         )
-    if path.name != "meta.yaml" and path.is_file() and path.stat().st_size:
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise UserError(f"the MLflow store {path} is read-only; fix its permissions")
-        with open(path, "rb") as f:
+    if database is not None and database.is_file() and database.stat().st_size:
+        if not os.access(database, os.R_OK | os.W_OK):
+            raise UserError(f"the MLflow store {database} is read-only; fix its permissions")
+        with open(database, "rb") as f:
             if f.read(16) != SQLITE_MAGIC:
                 raise UserError(
-                    f"the MLflow store {path} is not an SQLite database (damaged, or another "
+                    f"the MLflow store {database} is not an SQLite database (damaged, or another "
                     f"kind of file); move it away or fix tracking.uri"
                 )
 

@@ -114,25 +114,21 @@ def with_value(config: dict, key: str, value) -> dict:
     return changed
 
 
-@pytest.mark.parametrize("key", list(TRAINING_KEYS))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+WRONG = [("train", key, strategy) for key, strategy in TRAINING_KEYS.items()] + [
+    ("sweep", key, strategy) for key, strategy in SWEEP_KEYS.items()
+]
+CONFIGS = {"train": (TRAIN, schema.Training), "sweep": (SWEEP, schema.Sweep)}
+
+
+@pytest.mark.parametrize(("config", "key", "wrong"), WRONG, ids=[f"{c}:{k}" for c, k, _ in WRONG])
+@settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_a_wrong_training_setting_is_one_sentence_naming_it(key, data):
-    value = data.draw(TRAINING_KEYS[key])
+def test_a_wrong_setting_is_one_sentence_naming_it(config, key, wrong, data):
+    container, model = CONFIGS[config]
     with pytest.raises(UserError) as err:
-        schema.check(OmegaConf.create(with_value(TRAIN, key, value)))
+        schema.check(OmegaConf.create(with_value(container, key, data.draw(wrong))), model)
     message = str(err.value)
     assert message.startswith(f"{key}=") and "\n" not in message, message
-
-
-@pytest.mark.parametrize("key", list(SWEEP_KEYS))
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_a_wrong_sweep_setting_is_one_sentence_naming_it(key, data):
-    value = data.draw(SWEEP_KEYS[key])
-    with pytest.raises(UserError) as err:
-        schema.check(OmegaConf.create(with_value(SWEEP, key, value)), schema.Sweep)
-    assert str(err.value).startswith(f"{key}=") and "\n" not in str(err.value), str(err.value)
 
 
 @pytest.mark.parametrize(

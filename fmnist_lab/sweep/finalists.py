@@ -4,7 +4,6 @@ finalists' length, retrained with several seeds on all training images and teste
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -43,13 +42,16 @@ class Finalist:
 
     @property
     def mean(self) -> float:
-        return sum(self.test_accs) / len(self.test_accs)
+        return statistics.fmean(self.test_accs)
 
     @property
     def std(self) -> float:
-        m = self.mean
-        n = len(self.test_accs)
-        return math.sqrt(sum((a - m) ** 2 for a in self.test_accs) / (n - 1)) if n > 1 else 0.0
+        return seed_std(self.test_accs)
+
+
+def seed_std(accs: Sequence[float]) -> float:
+    """The sample standard deviation over seeds (0 for one seed)."""
+    return statistics.stdev(accs) if len(accs) > 1 else 0.0
 
 
 def _complete(study: optuna.Study, spec: DictConfig) -> list[FrozenTrial]:
@@ -261,7 +263,7 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
         accs = [s["result"]["test_acc"] for s in seeds]
         mlflow.log_metrics({
             "test_acc_mean": statistics.fmean(accs),
-            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "test_acc_std": seed_std(accs),
             "train_time_s": sum(s["result"]["train_time_s"] for s in seeds) / len(seeds),
         })  # fmt: skip
         mlflow.set_tag("test_accs", json.dumps(accs))

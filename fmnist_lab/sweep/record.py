@@ -43,6 +43,12 @@ def is_work(key: str) -> bool:
     return key.startswith(PREFIXES)
 
 
+def _record(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, float):  # a rerank score as studies before the record kept it
+        return {"state": "done", "run_id": None, "result": {"val_acc": value}}
+    return value
+
+
 class Record:
     """The work records of `study`, read fresh from its storage on every call."""
 
@@ -50,13 +56,11 @@ class Record:
         self.study = study
 
     def get(self, key: str) -> dict[str, Any] | None:
-        value = self.study.user_attrs.get(key)
-        if isinstance(value, float):  # a rerank score as studies before the record kept it
-            return {"state": "done", "run_id": None, "result": {"val_acc": value}}
-        return value
+        return _record(self.study.user_attrs.get(key))
 
     def all(self) -> dict[str, dict[str, Any]]:
-        return {k: self.get(k) for k in self.study.user_attrs if is_work(k)}
+        """Every work record, from one read of the study's attributes."""
+        return {k: _record(v) for k, v in self.study.user_attrs.items() if is_work(k)}
 
     def done(self, key: str) -> dict[str, Any] | None:
         """The result of `key`, if it is done."""
