@@ -12,7 +12,7 @@ six PNGs taken with headless Chromium (driven by Playwright) into ``--out``:
 - ``mlflow-study-report.png``: the study run's ``report/params_vs_accuracy.png``.
 
 The charts and columns come from the MLflow *saved view* that fmnist_lab puts on every
-experiment it writes to (``fmnist_lab.tracking.prepare_ui``: the experiment tag
+experiment it writes to (``fmnist_lab.ui.prepare``: the experiment tag
 ``mlflow.sharedViewState.fmnist-lab``), opened with ``?viewStateShareKey=fmnist-lab``.
 
 Prerequisites (once; Playwright must not download browsers, it drives Debian's Chromium)::
@@ -49,7 +49,7 @@ from urllib.parse import quote
 
 import mlflow
 
-from fmnist_lab import tracking
+from fmnist_lab import ui
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -210,7 +210,7 @@ def shoot(args, exp, by_role, base: str) -> list[Path]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     eid = exp.experiment_id
-    runs_url = f"{base}/#/experiments/{eid}/runs?viewStateShareKey={tracking.VIEW_ID}&"
+    runs_url = f"{base}/#/experiments/{eid}/runs?viewStateShareKey={ui.VIEW_ID}&"
     trials = [r.info.run_id for r in by_role.get("trial", [])]
     finalists = [r.info.run_id for r in by_role.get("finalist", [])]
     seeds = by_role.get("finalist_seed", [])
@@ -316,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"screenshots: {e}", file=sys.stderr)
         return 2
 
-    if tracking.VIEW_TAG not in exp.tags:  # a store written before fmnist_lab tagged it
+    if ui.VIEW_TAG not in exp.tags:  # a store written before fmnist_lab tagged it
         mlflow.set_tracking_uri(args.tracking_uri)
-        tracking.prepare_ui(exp.experiment_id)
+        ui.prepare(exp.experiment_id)
     with tempfile.TemporaryDirectory(prefix="mlflow-shots-") as workdir:
         port = free_port()
         base = f"http://127.0.0.1:{port}"

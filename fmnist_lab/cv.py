@@ -15,7 +15,7 @@ import hydra
 import mlflow
 from omegaconf import DictConfig
 
-from fmnist_lab import settings, tracking
+from fmnist_lab import measures, settings, tracking
 from fmnist_lab.data import fold_splits
 from fmnist_lab.errors import UserError, exit_cleanly
 from fmnist_lab.models import build_model, count_params
@@ -60,7 +60,7 @@ def cross_validate(cfg: DictConfig) -> CvResult:
                 parent_run_id=parent.info.run_id,
                 splits=splits,
                 tags={**tags, "role": "cv_fold", "fold": str(i)},
-                name_prefix=f"fold{i}-",
+                name=f"fold{i}-{{model}}-{{size}}",
             )
             fold_runs.append(result.run_id)
             accs.append(result.metrics["val_acc"])
@@ -70,7 +70,10 @@ def cross_validate(cfg: DictConfig) -> CvResult:
                 f"{len(splits.val_y):,} validation images)"
             )
         result = CvResult(parent.info.run_id, fold_runs, accs)
-        mlflow.log_metrics({"val_acc_mean": result.mean, "val_acc_std": result.std})
+        # The folds' mean is the run's `val_acc`, as a finalist's seeds' mean is its `test_acc`.
+        images = len(first.val_y)
+        mean, std = measures.mean_and_std(accs, images)
+        mlflow.log_metrics({"val_acc": mean, "val_acc_std": std})
     return result
 
 

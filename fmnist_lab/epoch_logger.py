@@ -11,17 +11,22 @@ from mlflow.entities import Metric
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from fmnist_lab.measures import rounded, split_of
+
 
 class MlflowEpochLogger(Logger):
     """Lightning logger writing the epoch-level metrics to the active MLflow run.
 
-    The step of each metric is the epoch, so the MLflow UI charts them per epoch. `history`
-    keeps what was logged, {name: [(epoch, value), ...]}, for the learning-curve plot.
+    The step of each metric is the epoch, so the MLflow UI charts them per epoch; each value
+    is rounded to what its split resolves (`sizes`: images per split, `train`, `val`, `test`;
+    see fmnist_lab.measures). `history` keeps what was logged, {name: [(epoch, value), ...]},
+    for the learning-curve plot.
     """
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, sizes: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self.run_id = run_id
+        self.sizes = dict(sizes or {})
         self.client = mlflow.MlflowClient()
         self.history: dict[str, list[tuple[int, float]]] = {}
 
@@ -41,7 +46,8 @@ class MlflowEpochLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         epoch = int(metrics.get("epoch", step or 0))
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        batch = [Metric(k, rounded(k, float(v), self.sizes.get(split_of(k))), now, epoch)
+                 for k, v in metrics.items() if k != "epoch"]  # fmt: skip
         for m in batch:
             self.history.setdefault(m.key, []).append((epoch, m.value))
         if batch:

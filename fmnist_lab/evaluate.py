@@ -20,6 +20,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from fmnist_lab.measures import rounded  # noqa: E402
+
 DPI = 100
 N_MISTAKES = 25  # as the R1 reference showed them
 N_SAMPLES = 20  # sample test predictions with their top-3 probabilities (R2's view)
@@ -67,7 +69,7 @@ def class_metric_names(classes: Sequence[str]) -> list[str]:
 def class_metrics_for_mlflow(table: pd.DataFrame) -> dict[str, float]:
     names = class_metric_names(table["class"])
     return {
-        f"test_{kind}/{name}": float(value)
+        f"test_{kind}/{name}": rounded(kind, float(value))
         for kind in ("precision", "recall", "f1", "miss_rate")
         for name, value in zip(names, table[kind], strict=True)
     }

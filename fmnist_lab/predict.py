@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import re
 import sys
 import warnings
@@ -91,7 +92,8 @@ def load_classifier(ref: str = DEFAULT_MODEL, dataset: str | None = None) -> Loa
 
 
 def summary(info: dict[str, Any]) -> str:
-    """One line on the model that answers: name and version, size, test accuracy."""
+    """One line on the model that answers: name and version, size, its own test accuracy and,
+    for a sweep's champion, its finalist's mean over seeds."""
     name = info.get("name", info["uri"])
     if "version" in info:
         name = f"{name} version {info['version']}"
@@ -100,6 +102,11 @@ def summary(info: dict[str, Any]) -> str:
         facts.append(f"{info['params']:,} params")
     if "test_acc" in info:
         facts.append(f"test accuracy {info['test_acc']:.2%}")
+    if "finalist_test_acc" in info:
+        spread = info.get("finalist_test_acc_std", math.nan)
+        spread = "" if math.isnan(spread) else f" +/- {spread:.2%}"
+        seeds = f" over {info['finalist_seeds']} seeds" if info.get("finalist_seeds") else ""
+        facts.append(f"its finalist {info['finalist_test_acc']:.2%}{spread}{seeds}")
     return name + (f" ({', '.join(facts)})" if facts else "")
 
 
@@ -124,8 +131,16 @@ def describe(uri: str) -> dict[str, Any]:
             tags = version.tags
             if "params" in tags:
                 info["params"] = int(tags["params"])
-            if "test_acc_mean" in tags:
-                info["test_acc"] = float(tags["test_acc_mean"])
+            # Its finalist's mean over seeds (tagged `test_acc_mean` by older versions); the
+            # model's own test accuracy is its run's.
+            finalist = tags.get("finalist_test_acc", tags.get("test_acc_mean"))
+            if finalist is not None:
+                info["finalist_test_acc"] = float(finalist)
+                info["finalist_test_acc_std"] = float(
+                    tags.get("finalist_test_acc_std", tags.get("test_acc_std", "nan"))
+                )
+                seeds = tags.get("finalist_seeds")
+                info["finalist_seeds"] = int(seeds) if seeds else None
             run_id = version.run_id
         elif uri.startswith("runs:/"):
             run_id = uri.removeprefix("runs:/").split("/")[0]

@@ -74,10 +74,10 @@ def selection_tags(score: str, value: float, measure: str) -> dict[str, str]:
 
 
 def register_version(model_uri: str, name: str, tags: dict[str, str], alias: str,
-                     score: str) -> ModelVersion:  # fmt: skip
-    """A version of `name` for `model_uri` with `tags`: the one registered before for the
-    same finalist run of the same study (`tags` `finalist_run`, `study_uid`) if there is one,
-    so that a registration cut short and done again makes no second version."""
+                     score: str, description: str | None = None) -> ModelVersion:  # fmt: skip
+    """A version of `name` for `model_uri` with `tags` and `description`: the one registered
+    before for the same finalist run of the same study (`tags` `finalist_run`, `study_uid`) if
+    there is one, so that a registration cut short and done again makes no second version."""
     client = MlflowClient()
     try:
         client.get_registered_model(name)
@@ -95,7 +95,10 @@ def register_version(model_uri: str, name: str, tags: dict[str, str], alias: str
         if found:
             return found[0]
     with contextlib.redirect_stderr(io.StringIO()):  # MLflow's own chatter; we say it once
-        return mlflow.register_model(model_uri, name, tags=tags)
+        version = mlflow.register_model(model_uri, name, tags=tags)
+    if description:
+        version = client.update_model_version(name, version.version, description=description)
+    return version
 
 
 def decide_alias(version: ModelVersion, alias: str, score: str, value: float,

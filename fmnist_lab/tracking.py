@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import fcntl
 import gc
-import json
 import os
 import subprocess
 import time
@@ -26,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 import fmnist_lab
+from fmnist_lab import ui
 from fmnist_lab.errors import UserError
 
 if TYPE_CHECKING:
@@ -47,14 +47,14 @@ def configure(uri: str | None, experiment: str, patience_s: float = 0.0) -> None
         # When another process creates the experiment at the same moment, MLflow returns it
         # without making it the active one, and new runs would land in "Default".
         mlflow.set_experiment(experiment_id=found.experiment_id)
-        if VIEW_TAG not in found.tags:
+        if ui.VIEW_TAG not in found.tags:
             try:
-                prepare_ui(found.experiment_id)
+                ui.prepare(found.experiment_id)
             except MlflowException:
                 # Machines tagging a new experiment at the same moment: a PostgreSQL store
                 # refuses the second insert of a tag; setting it again updates it.
                 time.sleep(0.5)
-                prepare_ui(found.experiment_id)
+                ui.prepare(found.experiment_id)
     except MlflowException as err:
         raise UserError(
             f"MLflow tracking at {mlflow.get_tracking_uri()} refused experiment "
@@ -163,59 +163,6 @@ def retry_window_s() -> float:
     )
 
 
-# The MLflow UI (>= 3.15) restores a "saved view" kept in an experiment tag
-# `mlflow.sharedViewState.<id>`; its Views menu lists it, and the URL
-# `#/experiments/<id>/runs?viewStateShareKey=fmnist-lab` opens it. Ours puts the columns and
-# charts a comparison by size needs in front: params against val_acc and test_acc_mean.
-VIEW_ID = "fmnist-lab"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
-_SECTION = "fmnist-lab-size-vs-accuracy"
-
-
-def _chart(uuid: str, kind: str, **fields: Any) -> dict[str, Any]:
-    return {"uuid": uuid, "type": kind, "metricSectionId": _SECTION, "deleted": False,
-            "isGenerated": False, "runsCountToCompare": 100, **fields}  # fmt: skip
-
-
-def _metric(key: str) -> dict[str, str]:
-    return {"key": key, "type": "METRIC"}
-
-
-VIEW_STATE = {
-    "searchFilter": "",
-    "orderByKey": "attributes.start_time",
-    "orderByAsc": False,
-    "selectedColumns": [
-        "attributes.`Duration`", "metrics.`params`", "metrics.`val_acc`", "metrics.`test_acc`",
-        "metrics.`test_acc_mean`", "tags.`model`", "tags.`role`",
-    ],
-    "compareRunCharts": [
-        _chart("fmnist-params-val", "SCATTER", xaxis=_metric("params"), yaxis=_metric("val_acc")),
-        _chart("fmnist-params-test", "SCATTER", xaxis=_metric("params"),
-               yaxis=_metric("test_acc_mean")),
-        _chart("fmnist-parallel", "PARALLEL", showAllRuns=True,
-               selectedParams=["optimizer.lr", "model.dropout"],
-               selectedMetrics=["params", "val_acc"]),
-    ],
-    "compareRunSections": [
-        {"uuid": _SECTION, "name": "Size vs accuracy", "display": True, "isReordered": False,
-         "deleted": False, "isGenerated": False},
-    ],
-    "runsHiddenMode": "SHOW_ALL",  # charts otherwise draw only the first 10 runs
-    "hideEmptyCharts": True,
-}  # fmt: skip
-
-
-def prepare_ui(experiment_id: str) -> None:
-    """Tag the experiment for the MLflow UI: open it as model training (not GenAI) and offer
-    the saved view "fmnist_lab: size vs accuracy"."""
-    client = mlflow.MlflowClient()
-    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
-    view = {"name": "fmnist_lab: size vs accuracy", "createdAt": int(time.time() * 1000),
-            "state": json.dumps(VIEW_STATE, separators=(",", ":"))}  # fmt: skip
-    client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(view))
-
-
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> {"model.filters": "[32, 64]", ...}, the form MLflow params take."""
     flat: dict[str, str] = {}
@@ -302,6 +249,14 @@ def git_commit() -> str:
     return out.stdout.strip()
 
 
+def run_name(template: str, model: str, n_params: int | None) -> str:
+    """A run's name from `template` with `{model}` and `{size}` filled in: short, and unique
+    in its first characters, which is all the MLflow UI's run-name column shows (a sweep's
+    trial 12 is `t12-14k`, its finalist `t12-14k-final`, that finalist's seeds `t12-14k-s0`)."""
+    size = human_count(n_params) if n_params else "invalid"
+    return template.format(model=model, size=size)
+
+
 def human_count(n: int) -> str:
     """12345 -> '12k', 3_230_000 -> '3.2M': the size part of run names."""
     if n >= 1_000_000:
@@ -383,8 +338,8 @@ def _end_run(status: str, reason: str) -> None:
 
 
 def log_param_count(n_params: int) -> None:
-    """The parameter count, as a param (to filter on) and a metric (to sort and chart by)."""
-    mlflow.log_param("params", n_params)
+    """The parameter count, as a metric: the UI sorts and charts it by value, and searches
+    filter on it (`metrics.params < 50000`)."""
     mlflow.log_metric("params", n_params)
 
 

@@ -20,10 +20,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fmnist_lab import evaluate, settings, tracking
+from fmnist_lab import evaluate, lineage, settings, tracking
 from fmnist_lab.data import DataModule, Splits, load_splits
 from fmnist_lab.epoch_logger import MlflowEpochLogger
 from fmnist_lab.errors import UserError, exit_cleanly
+from fmnist_lab.measures import rounded, split_of
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.models.predictor import Predictor
 from fmnist_lab.module import Classifier, Teacher
@@ -45,16 +46,16 @@ def train(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     splits: Splits | None = None,
-    name_prefix: str = "",
+    name: str = "{model}-{size}",
     on_result: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Train, validate every epoch, optionally test, and log it all to one MLflow run.
 
     A sweep passes its trial's callbacks, the parent run, extra tags and the splits it has
-    already loaded (they must come from `cfg.data`). Run names say model and size
-    (`convnet-14k`), after `name_prefix` (a sweep's `t12-`). `on_result` is called with the
-    result while the run is still RUNNING: a sweep records it in its study first, so that a
-    FINISHED run always has its result recorded (docs/run_state.md).
+    already loaded (they must come from `cfg.data`). `name` is the run's name, `{model}`
+    and `{size}` filled in (`convnet-14k`; a sweep's trial: `t12-{size}`). `on_result` is
+    called with the result while the run is still RUNNING: a sweep records it in its study
+    first, so that a FINISHED run always has its result recorded (docs/run_state.md).
     """
     # Batches come from device tensors, not a DataLoader, and only epoch metrics are logged:
     # Lightning's hints about workers and logging intervals do not apply.
@@ -91,15 +92,17 @@ def train(
     datamodule = DataModule(splits, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.seed)
 
     tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
-    name = f"{name_prefix}{cfg.model.name}-{tracking.human_count(n_params)}"
+    name = tracking.run_name(name, cfg.model.name, n_params)
     run_tags = {"dataset": cfg.data.name, "model": cfg.model.name, "precision": precision,
                 **(tags or {})}  # fmt: skip
     if hasattr(net, "weights"):  # ResNet-18 says whether it starts from ImageNet weights
         run_tags["weights"] = net.weights
+    sizes = {"train": len(splits.train_y), "val": len(splits.val_y), "test": len(splits.test_y)}
     with tracking.tracked_run(cfg, name, run_tags, parent_run_id) as run:
         tracking.log_param_count(n_params)
         mlflow.log_param("lr_effective", lr)  # optimizer.lr after lr_scaling
-        logger = MlflowEpochLogger(run.info.run_id)
+        lineage.log_inputs(cfg.data, splits, tested=cfg.test, fold=run_tags.get("fold"))
+        logger = MlflowEpochLogger(run.info.run_id, sizes)
         trainer = instantiate(
             cfg.trainer,
             precision=precision,
@@ -113,13 +116,13 @@ def train(
         )
         start = time.perf_counter()
         _interruptible(trainer.fit, module, datamodule=datamodule)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        metrics["train_time_s"] = time.perf_counter() - start
+        metrics = logged(trainer.callback_metrics, sizes)
+        metrics["train_time_s"] = rounded("train_time_s", time.perf_counter() - start)
         mlflow.log_metric("train_time_s", metrics["train_time_s"])
         confusion = None
         if cfg.test:
             _interruptible(trainer.test, module, datamodule=datamodule, verbose=False)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            metrics.update(logged(trainer.callback_metrics, sizes))
             if cfg.evaluate:
                 confusion = evaluate.log_evaluation(
                     splits.test_x, splits.test_y, torch.cat(module.test_logits), splits.classes,
@@ -133,6 +136,11 @@ def train(
         if on_result is not None:
             on_result(result)
     return result
+
+
+def logged(metrics: dict[str, torch.Tensor], sizes: dict[str, int]) -> dict[str, float]:
+    """Lightning's last epoch metrics as the run logged them (rounded; fmnist_lab.measures)."""
+    return {k: rounded(k, float(v), sizes.get(split_of(k))) for k, v in metrics.items()}
 
 
 def load_teacher(spec: DictConfig, classes: int, example: torch.Tensor) -> Teacher | None:

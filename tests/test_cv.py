@@ -44,8 +44,11 @@ def test_cv_logs_one_run_per_fold(tmp_path, data_root, cache_dir):
     assert {r.data.tags["mlflow.parentRunId"] for r in folds} == {parent.info.run_id}
     accs = [r.data.metrics["val_acc"] for r in folds]
     assert all("test_acc" not in r.data.metrics for r in folds)  # selection never tests
-    assert parent.data.metrics["val_acc_mean"] == pytest.approx(np.mean(accs))
-    assert parent.data.metrics["val_acc_std"] == pytest.approx(np.std(accs, ddof=1))
+    # The folds' mean is the run's val_acc (one name per meaning), rounded to what the folds'
+    # images resolve.
+    assert parent.data.metrics["val_acc"] == pytest.approx(np.mean(accs), abs=1e-4)
+    assert parent.data.metrics["val_acc_std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-4)
+    assert "val_acc_mean" not in parent.data.metrics
     assert parent.info.run_name == "cv3-convnet-" + parent.info.run_name.split("-")[-1]
     assert min(accs) > 0.5  # 2,000 real images per fold train a small CNN past chance
     history = client.get_metric_history(parent.info.run_id, "fold_val_acc")
@@ -57,7 +60,7 @@ def test_cv_logs_one_run_per_fold(tmp_path, data_root, cache_dir):
                      "--format", "json", cwd=tmp_path)  # fmt: skip
     assert listed.returncode == 0, listed.stderr[-3000:]
     (row,) = json.loads(listed.stdout)
-    assert row["run_id"] == parent.info.run_id and row["val_acc"] == pytest.approx(np.mean(accs))
+    assert row["run_id"] == parent.info.run_id and row["val_acc"] == parent.data.metrics["val_acc"]
 
 
 def test_cv_needs_two_folds(tmp_path, small_data):

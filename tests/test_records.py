@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -88,3 +89,61 @@ def test_an_old_config_yaml_reads_as_todays_and_export_finds_its_groups():
     choices = export.group_choices(tracking.drop_machine_keys(config))
     assert choices["trainer"] == "default" and choices["scheduler"] == "onecycle"
     assert choices["data"] == "fashion_mnist" and choices["augmentation"] == "crop_flip_erasing"
+
+
+# --- metric names before issue 29 -----------------------------------------------------------
+
+NAMES = json.loads((DATA / "pre_names_runs.json").read_text())
+
+
+def log_old_run(client: MlflowClient, experiment: str, shape: dict, parent: str | None = None):
+    tags = {**shape["tags"], **({"mlflow.parentRunId": parent} if parent else {})}
+    run_id = client.create_run(experiment, tags=tags, run_name=shape["name"]).info.run_id
+    for key, value in shape["params"].items():
+        client.log_param(run_id, key, value)
+    for key, value in shape["metrics"].items():
+        client.log_metric(run_id, key, value)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def test_a_finalist_and_champion_recorded_under_the_old_names_read_as_todays(tmp_path):
+    """A finalist logged `test_acc_mean` and its parameter count as a param too, and its
+    registered version tagged `test_acc_mean`: report reads them as `test_acc`, and predict's
+    description tells the served model's own test accuracy from its finalist's mean."""
+    from fmnist_lab import predict
+    from fmnist_lab.report.runs import to_row
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("quick", str(tmp_path / "artifacts"))
+    finalist_id = log_old_run(client, experiment, NAMES["finalist"])
+    seed_ids = [log_old_run(client, experiment, s, finalist_id) for s in NAMES["seeds"]]
+    old = NAMES["finalist"]["metrics"]
+
+    row = to_row(client.get_run(finalist_id))
+    assert (row.test_acc, row.test_acc_std, row.n_test) == (
+        old["test_acc_mean"], old["test_acc_std"], 2)  # fmt: skip
+    assert row.params == 8542 and row.val_acc == old["val_acc"]
+    assert to_row(client.get_run(seed_ids[0]), named=True).test_acc == (
+        NAMES["seeds"][0]["metrics"]["test_acc"])  # fmt: skip
+
+    served = seed_ids[NAMES["version_run_is_seed"]]
+    client.create_registered_model("fmnist-fashion_mnist")
+    client.create_model_version("fmnist-fashion_mnist", str(tmp_path / "artifacts"), served,
+                                tags=NAMES["version_tags"])  # fmt: skip
+    mlflow.set_tracking_uri(uri)
+    info = predict.describe("models:/fmnist-fashion_mnist/1")
+    own = NAMES["seeds"][NAMES["version_run_is_seed"]]["metrics"]["test_acc"]
+    assert info["test_acc"] == own and info["finalist_test_acc"] == 0.8597
+    line = predict.summary(info)
+    assert f"test accuracy {own:.2%}" in line and "its finalist 85.97% +/- 0.40%" in line
+
+
+def test_old_metric_names_read_as_todays():
+    from fmnist_lab.measures import current_metrics
+
+    assert current_metrics({"val_acc_mean": 0.9, "val_acc_std": 0.01, "params": 5.0}) == {
+        "val_acc": 0.9, "val_acc_std": 0.01, "params": 5.0}  # fmt: skip
+    # Where a run has both (none should), today's name wins.
+    assert current_metrics({"test_acc_mean": 0.8, "test_acc": 0.9}) == {"test_acc": 0.9}

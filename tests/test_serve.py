@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 from PIL import Image
 
+from fmnist_lab.models.predictor import OUT_OF_RANGE
 from fmnist_lab.registry import register_champion
 
 from .conftest import free_port, run_cli, wait_for_server
@@ -372,6 +373,14 @@ def test_mlflow_models_serve_answers_on_the_registered_model(champion):
                               {"Content-Type": "application/json"})  # fmt: skip
         assert status == 200
         assert np.allclose(np.asarray(answer["predictions"]), model_probs(x[:2]), atol=1e-5)
+        # 0..255 pixels (a common slip) are refused, saying what the model takes: MLflow's
+        # server answers 400 with its own message and ends the stack trace with ours.
+        raw = x[:2, None].astype(np.float32).tolist()
+        status, answer = call(f"{url}/invocations", json.dumps({"inputs": raw}).encode(),
+                              {"Content-Type": "application/json"})  # fmt: skip
+        assert status == 400 and answer["error_code"] == "BAD_REQUEST"
+        last = answer["stack_trace"].strip().splitlines()[-1]
+        assert last == f"RuntimeError: {OUT_OF_RANGE}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

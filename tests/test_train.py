@@ -22,7 +22,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from fmnist_lab import tracking
+from fmnist_lab import ui
 from fmnist_lab.data import load_splits
 from fmnist_lab.evaluate import class_metric_names
 from fmnist_lab.models import build_model
@@ -73,10 +73,10 @@ def test_short_run_learns_and_records_everything(short_run, make_real_cfg):
     assert metrics["test_acc"] >= MIN_VAL_ACC - 0.03
     assert f"val_acc {metrics['val_acc']:.4f}" in result.stdout
 
-    # The resolved config, flattened, and the parameter count as param and metric.
+    # The resolved config, flattened, and the parameter count as a metric only.
     assert params["model.filters"] == "[32, 64]" and params["data.train_fraction"] == "0.08"
     assert params["optimizer._target_"] == "torch.optim.AdamW" and params["seed"] == "0"
-    assert params["params"] == "421738" and metrics["params"] == 421738
+    assert metrics["params"] == 421738 and "params" not in params
     assert tags["dataset"] == "fashion_mnist" and tags["model"] == "convnet"
     assert params["trainer.precision"] == "auto" and tags["precision"] == "32-true"  # a CPU
     assert len(tags["git_commit"]) in (40, len("unknown"))
@@ -89,6 +89,24 @@ def test_short_run_learns_and_records_everything(short_run, make_real_cfg):
     assert losses[2] < losses[0]
     assert len(client.get_metric_history(run.info.run_id, "test_acc")) == 1
     assert metrics["train_time_s"] > 0
+    # Accuracies are logged to what their split resolves (2,000 validation and 10,000 test
+    # images, 4,640 training images: 4 decimals), not float32 noise; losses: 4 significant digits.
+    for key in ("val_acc", "train_acc", "test_acc"):
+        values = [m.value for m in client.get_metric_history(run.info.run_id, key)]
+        assert all(v == round(v, 4) for v in values), key
+    assert all(float(f"{m.value:.4g}") == m.value
+               for m in client.get_metric_history(run.info.run_id, "val_loss"))  # fmt: skip
+
+    # The data it saw, as MLflow dataset inputs: one per split, the files' MD5s behind it.
+    inputs = {i.tags[0].value: i.dataset for i in client.get_run(run.info.run_id).inputs
+              .dataset_inputs}  # fmt: skip
+    assert set(inputs) == {"training", "validation", "test"}
+    assert {d.name for d in inputs.values()} == {"fashion_mnist"}
+    assert len({d.digest for d in inputs.values()}) == 3
+    profiles = {context: json.loads(d.profile) for context, d in inputs.items()}
+    assert profiles["validation"]["num_rows"] == 2000 and profiles["test"]["num_rows"] == 10000
+    assert profiles["training"]["num_rows"] == round(0.08 * 58000)
+    assert profiles["test"]["files"]["t10k-images-idx3-ubyte"] == "8181f5470baa50b63fa0f6fddb340f0a"
 
     # The resolved config YAML is an artifact and matches the params.
     config_path = client.download_artifacts(run.info.run_id, "config.yaml")
@@ -110,6 +128,9 @@ def test_short_run_learns_and_records_everything(short_run, make_real_cfg):
     assert accuracy == pytest.approx(metrics["test_acc"], abs=1e-4)
     by_run = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     np.testing.assert_allclose(by_run.predict(x[:16]), probs[:16], rtol=1e-5, atol=1e-6)
+    # 0..255 pixels are refused, not answered with confident nonsense.
+    with pytest.raises(Exception, match=r"pixel values must be floats in 0\.\.1"):
+        model.predict(x[:2] * 255)
 
 
 @pytest.mark.slow
@@ -117,7 +138,7 @@ def test_experiment_is_ready_for_the_mlflow_ui(short_run):
     _, run, client = short_run
     tags = client.get_experiment(run.info.experiment_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
-    view = json.loads(tags[tracking.VIEW_TAG])
+    view = json.loads(tags[ui.VIEW_TAG])
     state = json.loads(view["state"])
     scatters = [(c["xaxis"]["key"], c["yaxis"]["key"])
                 for c in state["compareRunCharts"] if c["type"] == "SCATTER"]  # fmt: skip

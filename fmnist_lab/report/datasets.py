@@ -35,12 +35,12 @@ def compare_datasets(runs: list[Run]) -> pd.DataFrame:
     info: dict[str, tuple[str, int]] = {}
     for run in runs:
         row = to_row(run)
-        if row is None or row.test_acc_mean is None:
+        if row is None or row.test_acc is None:
             continue
         recipe = json.dumps(
             sorted((k, v) for k, v in run.data.params.items() if k.startswith(RECIPE))
         )
-        accs = json.loads(run.data.tags.get("test_accs", "null")) or [row.test_acc_mean]
+        accs = json.loads(run.data.tags.get("test_accs", "null")) or [row.test_acc]
         groups.setdefault(recipe, {}).setdefault(dataset_key(row.dataset), []).extend(accs)
         info[recipe] = (row.model, row.params)
     datasets = sorted({d for g in groups.values() for d in g})

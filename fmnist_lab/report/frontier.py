@@ -49,12 +49,12 @@ def plot_frontier(rows: list[Row], dataset: str, target: float, title: str) -> p
             label="Pareto frontier (validation)",
             zorder=3,
         )
-    tested = [r for r in rows if r.test_acc_mean is not None]
+    tested = [r for r in rows if r.test_acc is not None]
     picked = selected_frontier(rows)
     if picked:
         ax.step(
             [r.params for r in picked],
-            [100 * r.test_acc_mean for r in picked],
+            [100 * r.test_acc for r in picked],
             where="post",
             c="tab:red",
             lw=1,
@@ -65,7 +65,7 @@ def plot_frontier(rows: list[Row], dataset: str, target: float, title: str) -> p
     if tested:
         ax.errorbar(
             [r.params for r in tested],
-            [100 * r.test_acc_mean for r in tested],
+            [100 * r.test_acc for r in tested],
             yerr=[100 * (r.test_acc_std or 0) for r in tested],
             fmt="o",
             c="tab:red",
@@ -96,7 +96,7 @@ def plot_frontier(rows: list[Row], dataset: str, target: float, title: str) -> p
             )
     ax.axhline(100 * target, ls="--", c="k", lw=1, label=f"target {100 * target:g} %")
     ax.set_xscale("log")
-    lows = [100 * r.val_acc for r in val] + [100 * r.test_acc_mean for r in tested]
+    lows = [100 * r.val_acc for r in val] + [100 * r.test_acc for r in tested]
     lows += [100 * x["test_acc"] for x in placed] + [100 * target]
     bottom = math.floor(min(lows)) - 1
     ax.set_ylim(bottom, 100)
@@ -143,10 +143,10 @@ def frontier_html(rows: list[Row], dataset: str, target: float, title: str) -> g
         line_shape="hv",
         name="Pareto frontier (validation)",
     )
-    tested = [r for r in rows if r.test_acc_mean is not None]
+    tested = [r for r in rows if r.test_acc is not None]
     fig.add_scatter(
         x=[r.params for r in tested],
-        y=[100 * r.test_acc_mean for r in tested],
+        y=[100 * r.test_acc for r in tested],
         mode="markers",
         name="test accuracy (mean +/- std)",
         text=[f"{r.run}: {test_text(r)}" for r in tested],
@@ -157,7 +157,7 @@ def frontier_html(rows: list[Row], dataset: str, target: float, title: str) -> g
     picked = selected_frontier(rows)
     fig.add_scatter(
         x=[r.params for r in picked],
-        y=[100 * r.test_acc_mean for r in picked],
+        y=[100 * r.test_acc for r in picked],
         mode="lines",
         line_shape="hv",
         line_dash="dash",

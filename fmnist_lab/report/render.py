@@ -17,11 +17,11 @@ def pct(x: float | None) -> str:
 
 def test_text(row: Row) -> str:
     """The row's test accuracy as shown: mean +/- std over its n test runs."""
-    if row.test_acc_mean is None:
+    if row.test_acc is None:
         return ""
     if row.test_acc_std is None:
-        return pct(row.test_acc_mean)
-    return f"{pct(row.test_acc_mean)} +/- {pct(row.test_acc_std)} (n={row.n_test})"
+        return pct(row.test_acc)
+    return f"{pct(row.test_acc)} +/- {pct(row.test_acc_std)} (n={row.n_test})"
 
 
 def display_frame(rows: list[Row]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from fmnist_lab import tracking
+from fmnist_lab import measures, tracking
 from fmnist_lab.errors import UserError
 
 # Runs that are parts of another run's result, not results of their own (a rerank run: a
@@ -29,7 +29,7 @@ class Row:
     dataset: str
     params: int
     val_acc: float | None
-    test_acc_mean: float | None
+    test_acc: float | None  # the mean over n_test runs where there are several
     test_acc_std: float | None
     n_test: int  # test runs behind the mean: seeds of a finalist, 1 for a tested run
     train_time_s: float | None
@@ -83,19 +83,14 @@ def to_row(run: Run, named: bool = False) -> Row | None:
     """A comparable result, or None: unfinished runs, trials that did not complete, runs
     that are parts of another (a study's parent, a finalist's seeds, cross-validation folds)
     unless `named` explicitly. A cross-validation's validation accuracy is its folds' mean."""
-    tags, metrics = run.data.tags, run.data.metrics
+    tags, metrics = run.data.tags, measures.current_metrics(run.data.metrics)
     role = tags.get("role", "run")
     if run.info.status != "FINISHED" or (role in PARTS and not named) or "params" not in metrics:
         return None
     if role == "trial" and tags.get("optuna.state") != "COMPLETE":
         return None
-    if "test_acc_mean" in metrics:
-        mean, std = metrics["test_acc_mean"], metrics.get("test_acc_std")
-        n = len(json.loads(tags.get("test_accs", "[]"))) or 1
-    elif "test_acc" in metrics:
-        mean, std, n = metrics["test_acc"], None, 1
-    else:
-        mean, std, n = None, None, 0
+    mean, std = metrics.get("test_acc"), metrics.get("test_acc_std")
+    n = 0 if mean is None else len(json.loads(tags.get("test_accs", "[]"))) or 1
     return Row(
         run_id=run.info.run_id,
         run=run.info.run_name,
@@ -103,8 +98,8 @@ def to_row(run: Run, named: bool = False) -> Row | None:
         model=tags.get("model", run.data.params.get("model.name", "?")),
         dataset=tags.get("dataset", run.data.params.get("data.name", "?")),
         params=int(metrics["params"]),
-        val_acc=metrics.get("val_acc", metrics.get("val_acc_mean")),
-        test_acc_mean=mean,
+        val_acc=metrics.get("val_acc"),
+        test_acc=mean,
         test_acc_std=std,
         n_test=n,
         train_time_s=metrics.get("train_time_s"),
@@ -126,7 +121,7 @@ def selected_frontier(rows: list[Row]) -> list[Row]:
     buys). Runs in order of size; each one that beats every smaller one on validation."""
     chosen, best = [], -1.0
     for r in sorted(rows, key=lambda r: r.params):
-        if r.test_acc_mean is not None and r.val_acc is not None and r.val_acc > best:
+        if r.test_acc is not None and r.val_acc is not None and r.val_acc > best:
             chosen.append(r)
             best = r.val_acc
     return chosen

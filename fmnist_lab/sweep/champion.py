@@ -42,15 +42,19 @@ def register_best(cfg: DictConfig, finalists: list[Finalist], study: optuna.Stud
         print(done["said"])  # a resumed sweep registered this finalist already
         return
     uid = study.user_attrs["uid"]
-    tags = {"params": str(best.params), "test_acc_mean": f"{best.mean:.6f}",
-            "test_acc_std": f"{best.std:.6f}", "val_acc": f"{best.selection_val:.6f}",
+    # The registered model is the finalist's seed 0: its own test accuracy is `test_acc`;
+    # the finalist's mean over its seeds, what the recipe gives, is `finalist_test_acc`.
+    tags = {"params": str(best.params), "test_acc": str(best.test_accs[0]),
+            "finalist_test_acc": str(best.mean), "finalist_test_acc_std": str(best.std),
+            "finalist_seeds": str(len(best.test_accs)), "val_acc": str(best.selection_val),
             "dataset": cfg.data.name, "optuna.study": cfg.study_name, "study_uid": uid,
             "optuna.trial": str(best.trial), "finalist_run": best.run_id}  # fmt: skip
     tags |= registry.selection_tags(reg.select_by, score(best), measure)
+    description = version_description(cfg, study, best, score(best), measure)
     with record.attempt(key):
         try:
             version = registry.register_version(best.model_uri, reg.name, tags, reg.alias,
-                                                reg.select_by)  # fmt: skip
+                                                reg.select_by, description)  # fmt: skip
             faults.point("registration")
             result = registry.decide_alias(version, reg.alias, reg.select_by, score(best),
                                            measure)  # fmt: skip
@@ -65,3 +69,22 @@ def register_best(cfg: DictConfig, finalists: list[Finalist], study: optuna.Stud
         record.finish(key, {"finalist_run": best.run_id, "version": result.version,
                             "moved": result.moved, "said": result.describe()})  # fmt: skip
     print(result.describe())
+
+
+def version_description(cfg: DictConfig, study: optuna.Study, best: Finalist, value: float,
+                        measure: str) -> str:  # fmt: skip
+    """What the registry's page of the version says: where it comes from (study, trial), the
+    recipe it was trained with, and its accuracies, its own and its finalist's apart."""
+    policy = cfg.sweep.finalists
+    overrides = study.trials[best.trial].user_attrs.get("overrides", [])
+    recipe = " ".join([*overrides, *policy.overrides, f"trainer.max_epochs={policy.epochs}"])
+    seeds = len(best.test_accs)
+    return (
+        f"Seed 0 of the finalist of trial {best.trial} of study '{cfg.study_name}' "
+        f"({cfg.data.name}), {best.params:,} parameters.\n\n"
+        f"Recipe: {recipe} (seed=0), trained on all training images.\n\n"
+        f"Test accuracy of this model: {best.test_accs[0]:.2%}. Its finalist (the same recipe, "
+        f"{seeds} seed{'s' * (seeds > 1)}): {best.mean:.2%} +/- {best.std:.2%}.\n\n"
+        f"Chosen by {cfg.registry.select_by} {value:.4f} ({measure}); finalist run "
+        f"{best.run_id}."
+    )

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from fmnist_lab import evaluate, tracking
+from fmnist_lab import evaluate, measures, tracking
 from fmnist_lab.sweep import faults
 from fmnist_lab.sweep.config import WorkerContext, rerank_count, trial_run_config
 from fmnist_lab.sweep.progress import log_study_summary, pareto_trials
@@ -34,6 +34,7 @@ class Finalist:
     model_uri: str | None = None  # seed 0's model, the one the registry takes
     rerank_val_acc: float | None = None  # validation accuracy at the finalists' length
     val_measure: str | None = None  # how `selection_val` was measured (see val_measure)
+    test_images: int | None = None  # in the test split (None in records made before it was kept)
 
     @property
     def selection_val(self) -> float:
@@ -42,16 +43,13 @@ class Finalist:
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.test_accs)
+        """The seeds' mean test accuracy, as the finalist run logs it (`test_acc`)."""
+        return measures.mean_and_std(self.test_accs, self.test_images)[0]
 
     @property
     def std(self) -> float:
-        return seed_std(self.test_accs)
-
-
-def seed_std(accs: Sequence[float]) -> float:
-    """The sample standard deviation over seeds (0 for one seed)."""
-    return statistics.stdev(accs) if len(accs) > 1 else 0.0
+        """Their standard deviation (`test_acc_std`; 0 for one seed)."""
+        return measures.mean_and_std(self.test_accs, self.test_images)[1]
 
 
 def _complete(study: optuna.Study, spec: DictConfig) -> list[FrozenTrial]:
@@ -130,7 +128,7 @@ def rerank(ctx: WorkerContext, study: optuna.Study) -> dict[int, float]:
             with record.attempt(key):
                 train(cfg_t, callbacks=faults.callbacks("rerank"),
                       parent_run_id=ctx.parent_run_id, tags=tags,
-                      splits=ctx.splits_for(cfg_t.data), name_prefix=f"rerank-t{number}-",
+                      splits=ctx.splits_for(cfg_t.data), name=f"t{number}-{{size}}-rerank",
                       on_result=lambda r, key=key: record.finish(
                           key, {"val_acc": r.metrics["val_acc"]}, r.run_id))  # fmt: skip
         scores[number] = record.done(key)["val_acc"]
@@ -192,13 +190,14 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
         done = record.done(key)
         finalist = Finalist(t.number, t.user_attrs["params"], t.user_attrs["val_acc"],
                             done["test_accs"], record.get(key)["run_id"], done["model_uri"],
-                            done.get("rerank_val_acc"), done.get("val_measure"))  # fmt: skip
+                            done.get("rerank_val_acc"), done.get("val_measure"),
+                            done.get("test_images"))  # fmt: skip
         results.append(finalist)
         if trained:
             print(f"  finalist trial {t.number}: test_acc {finalist.mean:.4f} "
                   f"+/- {finalist.std:.4f}")  # fmt: skip
     results.sort(key=lambda f: f.params)
-    mlflow.log_dict([f.__dict__ | {"test_acc_mean": f.mean, "test_acc_std": f.std}
+    mlflow.log_dict([f.__dict__ | {"test_acc": f.mean, "test_acc_std": f.std}
                      for f in results], "finalists.json")  # fmt: skip
     smallest = next((f for f in results if f.mean >= policy.target_acc), None)
     if smallest:
@@ -215,7 +214,6 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
     base = [*policy.overrides, f"trainer.max_epochs={policy.epochs}",
             "runtime.progress_bar=false"]  # fmt: skip
     cfg_t = ctx.trial_config(t.user_attrs["overrides"], *base)
-    size = tracking.human_count(t.user_attrs["params"])
     tags = {
         "role": "finalist",
         "optuna.study": study.study_name,
@@ -230,7 +228,8 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
     measured = rerank_config(ctx, t) if rerank_val_acc is not None else trial_run_config(
         ctx, t.user_attrs["overrides"])  # fmt: skip
     client = MlflowClient()
-    name = f"finalist-t{t.number}-{cfg_t.model.name}-{size}"
+    name = tracking.run_name(f"t{t.number}-{{size}}-final", cfg_t.model.name,
+                             t.user_attrs["params"])  # fmt: skip
     with record.attempt(key), tracking.tracked_run(cfg_t, name, tags | {"work": key},
                                                    ctx.parent_run_id) as run:  # fmt: skip
         record.ran(key, run.info.run_id)
@@ -249,7 +248,7 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
                           tags={**tags, "role": "finalist_seed", "seed": str(seed),
                                 "work": seed_key},
                           splits=ctx.splits_for(seed_cfg.data),
-                          name_prefix=f"finalist-t{t.number}-seed{seed}-",
+                          name=f"t{t.number}-{{size}}-s{seed}",
                           on_result=lambda r, k=seed_key: record.finish(k, {
                               "test_acc": r.metrics["test_acc"],
                               "train_time_s": r.metrics["train_time_s"],
@@ -261,11 +260,11 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
                                run.info.run_id)  # fmt: skip
             seeds.append(record.get(seed_key))
         accs = [s["result"]["test_acc"] for s in seeds]
-        mlflow.log_metrics({
-            "test_acc_mean": statistics.fmean(accs),
-            "test_acc_std": seed_std(accs),
-            "train_time_s": sum(s["result"]["train_time_s"] for s in seeds) / len(seeds),
-        })  # fmt: skip
+        test_images = len(ctx.splits_for(cfg_t.data).test_y)
+        mean, std = measures.mean_and_std(accs, test_images)
+        seconds = statistics.fmean(s["result"]["train_time_s"] for s in seeds)
+        mlflow.log_metrics({"test_acc": mean, "test_acc_std": std,
+                            "train_time_s": measures.rounded("train_time_s", seconds)})  # fmt: skip
         mlflow.set_tag("test_accs", json.dumps(accs))
         model_uri = seeds[0]["result"]["model_uri"]
         if model_uri:
@@ -278,7 +277,7 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
             with tempfile.TemporaryDirectory() as tmp:
                 local = client.download_artifacts(seeds[0]["run_id"], "evaluation", tmp)
                 mlflow.log_artifacts(local, "evaluation_seed0")
-        record.finish(key, {"test_accs": accs, "model_uri": model_uri,
+        record.finish(key, {"test_accs": accs, "test_images": test_images, "model_uri": model_uri,
                             "rerank_val_acc": rerank_val_acc,
                             "val_measure": val_measure(measured)})  # fmt: skip
 

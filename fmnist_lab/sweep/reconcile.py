@@ -176,8 +176,8 @@ def create_trial_run(client: MlflowClient, ctx: WorkerContext, study: optuna.Stu
     name = f"trial-{trial.number}"
     if cfg is not None:
         tags |= {"dataset": cfg.data.name, "model": cfg.model.name}
-        size = tracking.human_count(attrs["params"]) if "params" in attrs else "invalid"
-        name = f"t{trial.number}-{cfg.model.name}-{size}"
+        name = tracking.run_name(f"t{trial.number}-{{size}}", cfg.model.name,
+                                 attrs.get("params"))  # fmt: skip
     experiment_id = client.get_run(ctx.parent_run_id).info.experiment_id
     run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
     if cfg is not None:
@@ -187,7 +187,6 @@ def create_trial_run(client: MlflowClient, ctx: WorkerContext, study: optuna.Stu
             client.log_batch(run_id, params=params[i : i + 100])
         client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     if "params" in attrs:
-        client.log_param(run_id, "params", attrs["params"])
         client.log_metric(run_id, "params", attrs["params"])
     return run_id
 

@@ -101,7 +101,7 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
             parent_run_id=ctx.parent_run_id,
             tags=tags,
             splits=ctx.splits_for(cfg.data),
-            name_prefix=f"t{trial.number}-",
+            name=f"t{trial.number}-{{size}}",
             on_result=tell,
         )
     except KeyboardInterrupt:
@@ -154,8 +154,7 @@ def beats(storage: optuna.storages.BaseStorage) -> bool:
 
 def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
     """A trial ended before training still gets its child run, saying why."""
-    size = tracking.human_count(n_params) if n_params else "invalid"
-    name = f"t{trial.number}-{cfg.model.name}-{size}"
+    name = tracking.run_name(f"t{trial.number}-{{size}}", cfg.model.name, n_params)
     with tracking.tracked_run(cfg, name, tags, ctx.parent_run_id) as run:
         if n_params is not None:
             tracking.log_param_count(n_params)
