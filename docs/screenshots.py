@@ -2,18 +2,22 @@
 
 Starts ``mlflow server`` on a free local port against an existing tracking store, finds the
 experiment's study, trial, finalist and finalist-seed runs with ``MlflowClient``, and saves
-six PNGs taken with headless Chromium (driven by Playwright) into ``--out``:
+seven PNGs taken with headless Chromium (driven by Playwright) into ``--out``. The browser
+starts with a fresh profile, nothing set in its local storage, and goes the way a new user
+does: the experiments list, the experiment, the link in its description.
 
-- ``mlflow-runs.png``: the runs table, study run expanded, params / val_acc / test_acc columns;
-- ``mlflow-chart.png``: the chart view, led by a scatter of ``params`` (x) vs ``val_acc`` (y);
+- ``mlflow-overview.png``: where a click on the experiment lands in a fresh browser (MLflow's
+  GenAI overview, its one-time "Detect Issues" guidance open), the description's link on top;
+- ``mlflow-chart.png``: the link's page, the saved view "fmnist_lab: size vs accuracy": every
+  trial and finalist smallest first, scatters of ``params`` against ``val_acc`` and ``test_acc``;
+- ``mlflow-runs.png``: the same view as a table (its table button): size and accuracy columns;
 - ``mlflow-compare.png``: the compare-runs page of the trial runs (parallel coordinates etc.);
 - ``mlflow-run.png``: one finalist seed run's page;
 - ``mlflow-run-artifacts.png``: a finalist seed run's artifacts, its confusion matrix open;
 - ``mlflow-study-report.png``: the study run's ``report/params_vs_accuracy.png``.
 
-The charts and columns come from the MLflow *saved view* that fmnist_lab puts on every
-experiment it writes to (``fmnist_lab.ui.prepare``: the experiment tag
-``mlflow.sharedViewState.fmnist-lab``), opened with ``?viewStateShareKey=fmnist-lab``.
+The view and the description are the experiment tags of ``fmnist_lab.ui.prepare``; a store
+written before them gets them here first.
 
 Prerequisites (once; Playwright must not download browsers, it drives Debian's Chromium)::
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,17 +60,6 @@ try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 except ImportError:  # reported by main() as a missing prerequisite
     PlaywrightTimeout = TimeoutError
-
-# The run-name cell's expand/collapse button of a parent run, by the UI's component id.
-EXPANDER = "runnamecellrenderer.tsx_46"
-# Set before any page script runs. The "MLflow Assistant" side panel opens itself on a first
-# visit and would cover a third of every shot; and MLflow 3 shows an experiment without traces
-# under its GenAI navigation unless the model-training workflow is the remembered one.
-QUIET_UI = """
-localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
-localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
-localStorage.setItem('mlflow.workflowType_v1', '"machine_learning"');
-"""
 
 
 class Unusable(Exception):
@@ -167,29 +161,6 @@ def settle(page, text: str | None = None, selector: str | None = None) -> None:
     page.wait_for_timeout(2_000)
 
 
-def expand_nested_runs(page) -> None:
-    # Child runs sit folded under their parent, and a saved view cannot preset that
-    # (runsExpanded is deliberately left out of views): click each folded parent's toggle.
-    # The button carries no aria state, only its icon tells: a plus-square (its path has the
-    # vertical stroke "V4.5") when folded, a minus-square when open. Each click re-renders
-    # the grid, so look the toggles up again after it.
-    folded = page.locator(f"button[data-component-id$='{EXPANDER}']:has(path[d*='V4.5'])")
-    for _ in range(50):
-        if folded.count() == 0:
-            break
-        folded.first.click(timeout=5_000)
-        page.wait_for_timeout(700)
-    page.evaluate("document.activeElement && document.activeElement.blur()")  # no focus ring
-
-
-def hide_shared_view_banner(page) -> None:
-    # "You're viewing a shared view" sits above the table when the saved view is open.
-    button = page.locator('button[aria-label="Hide banner"]')
-    if button.count():
-        button.first.click()
-        page.wait_for_timeout(500)
-
-
 def add_compare_metric(page, metric: str) -> None:
     """Add a metric axis to the compare page's parallel coordinates plot, which starts with
     the parameters and only the first metric (here ``params``, not the accuracy)."""
@@ -210,7 +181,6 @@ def shoot(args, exp, by_role, base: str) -> list[Path]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     eid = exp.experiment_id
-    runs_url = f"{base}/#/experiments/{eid}/runs?viewStateShareKey={ui.VIEW_ID}&"
     trials = [r.info.run_id for r in by_role.get("trial", [])]
     finalists = [r.info.run_id for r in by_role.get("finalist", [])]
     seeds = by_role.get("finalist_seed", [])
@@ -223,7 +193,6 @@ def shoot(args, exp, by_role, base: str) -> list[Path]:
                                      args=["--no-sandbox", "--disable-dev-shm-usage"])  # fmt: skip
         try:
             ctx = browser.new_context(viewport={"width": args.width, "height": args.height})
-            ctx.add_init_script(QUIET_UI)
             page = ctx.new_page()
 
             def save(name: str) -> None:
@@ -232,20 +201,30 @@ def shoot(args, exp, by_role, base: str) -> list[Path]:
                 saved.append(path)
                 print(f"wrote {path}")
 
-            page.goto(f"{runs_url}compareRunsMode=TABLE")
-            settle(page, text=study[0].info.run_name if study else None)
-            hide_shared_view_banner(page)
-            expand_nested_runs(page)
-            settle(page)
-            save("mlflow-runs.png")
-
-            page.goto(f"{runs_url}compareRunsMode=CHART")
-            settle(page, text=study[0].info.run_name if study else None)
-            # Charts draw only the runs listed beside them: unfold the trials there too.
-            hide_shared_view_banner(page)
-            expand_nested_runs(page)
+            # The way a new user goes: the experiments list, the experiment, where a fresh
+            # browser lands (MLflow's GenAI overview), the link in the description.
+            page.goto(f"{base}/#/experiments")
+            settle(page, text=exp.name)
+            names = page.get_by_test_id("experiment-list-item-link")
+            names.filter(has_text=re.compile(f"^{re.escape(exp.name)}$")).first.click()
+            settle(page, text=ui.LINK_TEXT)
+            save("mlflow-overview.png")
+            link = page.get_by_role("link", name=ui.LINK_TEXT)
+            if link.count():
+                got_it = page.get_by_role("button", name="Got it")  # MLflow's modal guidance
+                if got_it.count():
+                    got_it.first.click()
+                with ctx.expect_page() as opened:  # the description's links open a new tab
+                    link.first.click()
+                page = opened.value
+            else:  # the user has a description of their own
+                page.goto(f"{base}/{ui.view_url(eid)}")
             settle(page, selector=".js-plotly-plot")
             save("mlflow-chart.png")
+
+            page.locator("label:has(input[name='runs-view-mode'][value='TABLE'])").click()
+            settle(page, selector=".ag-header-cell[col-id='metrics.`params`']")
+            save("mlflow-runs.png")
 
             compare = trials or finalists
             if compare:

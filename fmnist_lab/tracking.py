@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import gc
+import math
 import os
 import subprocess
 import time
@@ -337,10 +338,15 @@ def _end_run(status: str, reason: str) -> None:
         mlflow.end_run(status)
 
 
+def size_metrics(n_params: int) -> dict[str, float]:
+    """The parameter count as metrics: `params` (the UI sorts by it, and searches filter on it:
+    `metrics.params < 50000`) and `params_log10`, the x axis of the UI's size-vs-accuracy
+    charts (MLflow's scatter charts have no log axis; fmnist_lab/ui.py)."""
+    return {"params": n_params, "params_log10": round(math.log10(max(n_params, 1)), 3)}
+
+
 def log_param_count(n_params: int) -> None:
-    """The parameter count, as a metric: the UI sorts and charts it by value, and searches
-    filter on it (`metrics.params < 50000`)."""
-    mlflow.log_metric("params", n_params)
+    mlflow.log_metrics(size_metrics(n_params))
 
 
 def log_model(predictor: torch.nn.Module, example: torch.Tensor) -> str:

@@ -4,6 +4,7 @@ accuracy is asserted (slow), on small generated data where only the mechanics ar
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import signal
@@ -77,6 +78,7 @@ def test_short_run_learns_and_records_everything(short_run, make_real_cfg):
     assert params["model.filters"] == "[32, 64]" and params["data.train_fraction"] == "0.08"
     assert params["optimizer._target_"] == "torch.optim.AdamW" and params["seed"] == "0"
     assert metrics["params"] == 421738 and "params" not in params
+    assert metrics["params_log10"] == round(math.log10(421738), 3)
     assert tags["dataset"] == "fashion_mnist" and tags["model"] == "convnet"
     assert params["trainer.precision"] == "auto" and tags["precision"] == "32-true"  # a CPU
     assert len(tags["git_commit"]) in (40, len("unknown"))
@@ -142,7 +144,7 @@ def test_experiment_is_ready_for_the_mlflow_ui(short_run):
     state = json.loads(view["state"])
     scatters = [(c["xaxis"]["key"], c["yaxis"]["key"])
                 for c in state["compareRunCharts"] if c["type"] == "SCATTER"]  # fmt: skip
-    assert ("params", "val_acc") in scatters and ("params", "test_acc_mean") in scatters
+    assert ("params_log10", "val_acc") in scatters and ("params_log10", "test_acc") in scatters
     assert "metrics.`params`" in state["selectedColumns"]
 
 

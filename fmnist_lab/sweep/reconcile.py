@@ -187,7 +187,8 @@ def create_trial_run(client: MlflowClient, ctx: WorkerContext, study: optuna.Stu
             client.log_batch(run_id, params=params[i : i + 100])
         client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     if "params" in attrs:
-        client.log_metric(run_id, "params", attrs["params"])
+        for key, value in tracking.size_metrics(attrs["params"]).items():
+            client.log_metric(run_id, key, value)
     return run_id
 
 
