@@ -31,3 +31,20 @@ def onecycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25) ->
         total_steps=total_steps,
         pct_start=max(pct_start, 2 / total_steps),
     )
+
+
+def wsd(optimizer: Optimizer, total_steps: int, warmup: float = 0.05,
+        decay: float = 0.2) -> LRScheduler:  # fmt: skip
+    """Warmup-stable-decay: up to optimizer.lr linearly over the first `warmup` of the steps,
+    held there, then down linearly to 0 over the last `decay` of them (the trapezoid of Hu et
+    al. 2024). Unlike one-cycle, the stable phase does not depend on the run's length: a
+    checkpoint taken in it can be trained on to any length, then decayed."""
+    up = max(1, round(warmup * total_steps)) if warmup else 0
+    down = max(1, round(decay * total_steps))
+
+    def factor(step: int) -> float:
+        if step < up:
+            return (step + 1) / up
+        return min(1.0, max(0.0, (total_steps - step) / down))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

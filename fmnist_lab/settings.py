@@ -88,6 +88,8 @@ class Runtime(Group):
 
 class Scheduler(Group):
     pct_start: Annotated[Real, Field(gt=0, lt=1)] = 0.25
+    warmup: Annotated[Real, Field(ge=0, lt=1)] = 0.05
+    decay: Annotated[Real, Field(gt=0, le=1)] = 0.2
 
 
 class Augmentation(Group):

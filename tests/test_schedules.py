@@ -11,7 +11,9 @@ import torch
 from fmnist_lab import schedules
 
 
-@pytest.mark.parametrize("make", [schedules.constant, schedules.cosine, schedules.onecycle])
+@pytest.mark.parametrize(
+    "make", [schedules.constant, schedules.cosine, schedules.onecycle, schedules.wsd]
+)
 def test_every_schedule_runs_any_number_of_steps(make):
     for steps in range(1, 40):
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -31,3 +33,16 @@ def test_onecycle_keeps_its_warm_up_share_on_a_real_run():
         optimizer.step()
         schedule.step()
     assert max(range(1000), key=rates.__getitem__) == 249  # the peak after a quarter
+
+
+def test_wsd_warms_up_holds_and_decays_to_zero():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = schedules.wsd(optimizer, 1000, warmup=0.05, decay=0.2)
+    rates = []
+    for _ in range(1000):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.1 / 50) and rates[49] == pytest.approx(0.1)
+    assert all(r == pytest.approx(0.1) for r in rates[50:801])
+    assert rates[900] == pytest.approx(0.05) and rates[999] == pytest.approx(0.1 / 200)
