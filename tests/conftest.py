@@ -263,3 +263,21 @@ def postgres_db():
 def postgres_url(postgres_db) -> str:
     """One fresh PostgreSQL database (see postgres_db)."""
     return postgres_db()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def playwright_or_skip():
+    """Playwright's sync API for the browser tests, with Debian's Chromium at CHROMIUM; a skip
+    where either is missing, a failure where $FMNIST_LAB_REQUIRE_BROWSER is set (.ci/run)."""
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api = None
+    if sync_api is None or not Path(CHROMIUM).exists():
+        missing = f"{CHROMIUM} (apt-get install chromium) and Playwright (the dev extra)"
+        if os.environ.get("FMNIST_LAB_REQUIRE_BROWSER"):
+            pytest.fail(f"the browser test needs {missing}")
+        pytest.skip(f"the browser test needs {missing}")
+    return sync_api

@@ -30,12 +30,10 @@ from fmnist_lab import photos, preprocess
 from fmnist_lab.models.predictor import OUT_OF_RANGE
 from fmnist_lab.registry import register_champion
 
-from .conftest import free_port, run_cli, wait_for_server
+from .conftest import CHROMIUM, free_port, playwright_or_skip, run_cli, wait_for_server
 
 # Real model, real HTTP servers, a real browser: the slow tier.
 pytestmark = pytest.mark.slow
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -340,15 +338,7 @@ def test_a_burst_of_concurrent_requests_is_all_answered(app, champion):
 
 def test_the_page_in_headless_chromium_shows_the_models_prediction(app, champion, tmp_path):
     home, _, x, _, _ = champion
-    try:
-        from playwright import sync_api as playwright
-    except ImportError:
-        playwright = None
-    if playwright is None or not Path(CHROMIUM).exists():
-        missing = f"{CHROMIUM} (apt-get install chromium) and Playwright (the dev extra)"
-        if os.environ.get("FMNIST_LAB_REQUIRE_BROWSER"):  # set by .ci/run
-            pytest.fail(f"the browser test needs {missing}")
-        pytest.skip(f"the browser test needs {missing}")
+    playwright = playwright_or_skip()
     expected = CLASSES[int(np.argmax(model_probs(x[3:4])[0]))]
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
