@@ -29,6 +29,7 @@ class MlflowEpochLogger(Logger):
         self.sizes = dict(sizes or {})
         self.client = mlflow.MlflowClient()
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self.quiet_from: int | None = None  # epochs from here on are kept in history only
 
     @property
     def name(self) -> str:
@@ -50,5 +51,5 @@ class MlflowEpochLogger(Logger):
                  for k, v in metrics.items() if k != "epoch"]  # fmt: skip
         for m in batch:
             self.history.setdefault(m.key, []).append((epoch, m.value))
-        if batch:
+        if batch and (self.quiet_from is None or epoch < self.quiet_from):
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -146,7 +147,11 @@ class Classifier(pl.LightningModule):
         optimizer = self.make_optimizer(self.net.parameters())
         if self.make_scheduler is None:
             return optimizer
-        scheduler = self.make_scheduler(optimizer, int(self.trainer.estimated_stepping_batches))
+        total = int(self.trainer.estimated_stepping_batches)
+        if "epochs" in inspect.signature(self.make_scheduler).parameters:  # counts in epochs
+            scheduler = self.make_scheduler(optimizer, total, epochs=self.trainer.max_epochs)
+        else:
+            scheduler = self.make_scheduler(optimizer, total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -33,18 +33,30 @@ def onecycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25) ->
     )
 
 
-def wsd(optimizer: Optimizer, total_steps: int, warmup: float = 0.05,
-        decay: float = 0.2) -> LRScheduler:  # fmt: skip
+def wsd(optimizer: Optimizer, total_steps: int, warmup: float = 0.05, decay: float = 0.2,
+        epochs: int | None = None, warmup_epochs: float | None = None,
+        decay_epochs: int | None = None) -> LRScheduler:  # fmt: skip
     """Warmup-stable-decay: up to optimizer.lr linearly over the first `warmup` of the steps,
     held there, then down linearly to 0 over the last `decay` of them (the trapezoid of Hu et
     al. 2024). Unlike one-cycle, the stable phase does not depend on the run's length: a
-    checkpoint taken in it can be trained on to any length, then decayed."""
-    up = max(1, round(warmup * total_steps)) if warmup else 0
-    down = max(1, round(decay * total_steps))
+    checkpoint taken in it can be trained on to any length, then decayed.
 
-    def factor(step: int) -> float:
-        if step < up:
-            return (step + 1) / up
-        return min(1.0, max(0.0, (total_steps - step) / down))
+    `warmup_epochs` and `decay_epochs`, where set, give the two phases in epochs of the run's
+    `epochs` instead (the multi-fidelity sweep's rungs: a warmup that is the same whatever
+    the length, so that a rung continued to a longer one takes the very steps a run of that
+    length takes straight through)."""
+    per_epoch = total_steps / epochs if epochs else None
+    if warmup_epochs is not None and per_epoch:
+        up = round(warmup_epochs * per_epoch)
+    else:
+        up = max(1, round(warmup * total_steps)) if warmup else 0
+    if decay_epochs is not None and per_epoch:
+        down = max(1, round(decay_epochs * per_epoch))
+    else:
+        down = max(1, round(decay * total_steps))
+
+    def factor(step: int) -> float:  # a closure, so a checkpoint does not keep its lengths
+        rise = (step + 1) / up if step < up else 1.0
+        return min(rise, 1.0, max(0.0, (total_steps - step) / down))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -13,7 +13,7 @@ import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -302,6 +302,26 @@ def tracked_run(
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+@contextmanager
+def continued_run(run_id: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """Reopen a finished run to log more of the same training to it (a sweep's trial trained
+    on to its next rung). Its config and parameters stay those it was started with; it ends
+    FINISHED however this part ends: the run stands for what it finished before, and the
+    caller records why a continuation was cut short."""
+    run = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+    try:
+        mlflow.set_tags(tags)
+        yield run
+    except KeyboardInterrupt as err:
+        release_interrupted_call(err)
+        with suppress(MlflowException):  # the store is held: reconcile ends it on resume
+            mlflow.end_run("FINISHED")
+        raise
+    finally:
+        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+            mlflow.end_run("FINISHED")
 
 
 def all_runs(client: mlflow.MlflowClient, experiments: list[str], filter_string: str) -> list:

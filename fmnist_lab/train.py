@@ -48,6 +48,8 @@ def train(
     splits: Splits | None = None,
     name: str = "{model}-{size}",
     on_result: Callable[[RunResult], None] | None = None,
+    resume_from: str | None = None,
+    run_id: str | None = None,
 ) -> RunResult:
     """Train, validate every epoch, optionally test, and log it all to one MLflow run.
 
@@ -56,6 +58,9 @@ def train(
     and `{size}` filled in (`convnet-14k`; a sweep's trial: `t12-{size}`). `on_result` is
     called with the result while the run is still RUNNING: a sweep records it in its study
     first, so that a FINISHED run always has its result recorded (docs/run_state.md).
+    `resume_from`: a checkpoint of fmnist_lab.continuation to train on from; `run_id`: an
+    existing run to log to (a sweep's trial continued to its next rung), which keeps its
+    config and parameters and ends FINISHED however the continuation ends.
     """
     # Batches come from device tensors, not a DataLoader, and only epoch metrics are logged:
     # Lightning's hints about workers and logging intervals do not apply.
@@ -98,10 +103,15 @@ def train(
     if hasattr(net, "weights"):  # ResNet-18 says whether it starts from ImageNet weights
         run_tags["weights"] = net.weights
     sizes = {"train": len(splits.train_y), "val": len(splits.val_y), "test": len(splits.test_y)}
-    with tracking.tracked_run(cfg, name, run_tags, parent_run_id) as run:
-        tracking.log_param_count(n_params)
-        mlflow.log_param("lr_effective", lr)  # optimizer.lr after lr_scaling
-        lineage.log_inputs(cfg.data, splits, tested=cfg.test, fold=run_tags.get("fold"))
+    if run_id is not None:
+        opened = tracking.continued_run(run_id, run_tags)
+    else:
+        opened = tracking.tracked_run(cfg, name, run_tags, parent_run_id)
+    with opened as run:
+        if run_id is None:
+            tracking.log_param_count(n_params)
+            mlflow.log_param("lr_effective", lr)  # optimizer.lr after lr_scaling
+            lineage.log_inputs(cfg.data, splits, tested=cfg.test, fold=run_tags.get("fold"))
         logger = MlflowEpochLogger(run.info.run_id, sizes)
         trainer = instantiate(
             cfg.trainer,
@@ -115,7 +125,7 @@ def train(
             limit_val_batches=1.0 if len(splits.val_y) else 0,
         )
         start = time.perf_counter()
-        _interruptible(trainer.fit, module, datamodule=datamodule)
+        _interruptible(trainer.fit, module, datamodule=datamodule, ckpt_path=resume_from)
         metrics = logged(trainer.callback_metrics, sizes)
         metrics["train_time_s"] = rounded("train_time_s", time.perf_counter() - start)
         mlflow.log_metric("train_time_s", metrics["train_time_s"])

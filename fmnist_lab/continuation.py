@@ -1,0 +1,69 @@
+"""Training that can be continued: a run of the warmup-stable-decay schedule saves itself at
+the end of its stable phase, and a longer run started from that file takes exactly the steps
+it would have taken straight through (the multi-fidelity sweep's rungs, docs/run_state.md).
+
+Lightning's checkpoint holds the weights, the optimizer, the learning-rate schedule's step and
+the loops' progress; `StableCheckpoint` adds what it lacks for an identical continuation: the
+random generators of dropout and augmentation (torch's) and of the data order (the training
+batches' own generator)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+
+class StableCheckpoint(pl.Callback):
+    """Save the run to `path` at the end of epoch `at` (counted from 1; 0: nothing to save),
+    to a temporary name first, so that a file under `path` is always whole. With `quiet`, the
+    epochs after `at` (the decayed branch of a rung below the top) are kept out of the run's
+    per-epoch metrics: the continuation logs those epochs again, at the stable rate."""
+
+    def __init__(self, at: int, path: str | Path | None, quiet: bool = False) -> None:
+        self.at, self.path, self.quiet = at, Path(path) if path else None, quiet
+        self.trainer: pl.Trainer | None = None
+        self.restored: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.trainer = trainer
+        if self.quiet and hasattr(trainer.logger, "quiet_from"):
+            trainer.logger.quiet_from = self.at
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.restored is None:
+            return
+        torch.set_rng_state(self.restored["torch"])
+        trainer.train_dataloader.generator.set_state(self.restored["data"])
+        if self.restored.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.restored["cuda"])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.path is None or trainer.current_epoch + 1 != self.at:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        trainer.save_checkpoint(partial)
+        os.replace(partial, self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        data = getattr(trainer.train_dataloader, "generator", None) if trainer else None
+        return {
+            "torch": torch.get_rng_state(),
+            "data": data.get_state() if data is not None else None,
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored = state_dict  # applied once the data is set up (on_train_start)
+
+
+def stable_end(epochs: int, decay: float) -> int:
+    """Where a run of `epochs` ends its stable phase: the last ceil(decay * epochs) epochs
+    decay (at least one)."""
+    return epochs - max(1, math.ceil(decay * epochs - 1e-9))
