@@ -179,6 +179,27 @@ class Finalists(Strict):
         return self
 
 
+class Fidelity(Strict):
+    """`sweep.fidelity`: the multi-fidelity scheduler (fmnist_lab/sweep/fidelity.py)."""
+
+    min_epochs: Count
+    max_epochs: Count
+    eta: StrictInt
+    decay: Annotated[Real, Field(gt=0, lt=1)] = 0.2
+    warmup_epochs: Annotated[Real, Field(ge=0)] = 0.5
+    rule: Literal["nondominated", "budgets"] = "nondominated"
+
+    @model_validator(mode="after")
+    def _rungs(self) -> Fidelity:
+        if self.eta < 2:
+            raise ValueError(f"sweep.fidelity.eta={self.eta} must be at least 2: each rung "
+                             f"keeps 1/eta of the trials below it")  # fmt: skip
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(f"sweep.fidelity.min_epochs={self.min_epochs} must be at most "
+                             f"max_epochs={self.max_epochs}")  # fmt: skip
+        return self
+
+
 class Stop(Strict):
     val_acc: Probability | None = None
     max_params: Count | None = None
@@ -198,6 +219,27 @@ class SweepFile(Strict):
     stop: Stop
     log_models: StrictBool
     warm_start: list[Any] = []
+    fidelity: Fidelity | None = None
+
+    @model_validator(mode="after")
+    def _fidelity(self) -> SweepFile:
+        f = self.fidelity
+        if f is None:
+            return self
+        if f.max_epochs > self.finalists.epochs:
+            raise ValueError(f"sweep.fidelity.max_epochs={f.max_epochs} must be at most "
+                             f"finalists.epochs={self.finalists.epochs}: finalists are chosen "
+                             f"at the top rung and trained for that length")  # fmt: skip
+        if self.finalists.rerank:
+            raise ValueError(f"sweep.finalists.rerank={self.finalists.rerank} must be 0 with "
+                             "sweep.fidelity: its top rung ranks at full length")  # fmt: skip
+        if "val_acc" not in [o.metric for o in self.objectives]:
+            raise ValueError("sweep.fidelity promotes by validation accuracy: sweep.objectives "
+                             "must include val_acc")  # fmt: skip
+        if not str(self.pruner.get("_target_", "")).endswith("NopPruner"):
+            raise ValueError("sweep.fidelity decides which trials train on: it takes no "
+                             "pruner (sweep/pruner=none)")  # fmt: skip
+        return self
 
 
 class Heartbeat(Strict):

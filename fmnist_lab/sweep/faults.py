@@ -11,7 +11,7 @@ import signal
 import sys
 from collections import Counter
 
-PHASES = ("startup", "trial", "rerank", "finalist_seed", "registration")
+PHASES = ("startup", "trial", "rung", "rerank", "finalist_seed", "registration")
 FAULT_ENV, SIGNAL_ENV = "FMNIST_LAB_FAULT", "FMNIST_LAB_FAULT_SIGNAL"
 
 _reached: Counter[str] = Counter()
@@ -67,9 +67,12 @@ def callbacks(phase: str) -> list:
         return []
     import pytorch_lightning as pl
 
-    class AfterFirstBatch(pl.Callback):
+    class AfterFirstBatch(pl.Callback):  # of this fit (a continued rung starts mid-run)
+        seen = 0
+
         def on_train_batch_end(self, trainer, *args) -> None:
-            if trainer.global_step == 1:
+            self.seen += 1
+            if self.seen == 1:
                 point(phase)
 
     return [AfterFirstBatch()]

@@ -17,9 +17,10 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_lab import evaluate, measures, tracking
-from fmnist_lab.sweep import faults
+from fmnist_lab.sweep import faults, fidelity
 from fmnist_lab.sweep.config import WorkerContext, rerank_count, trial_run_config
 from fmnist_lab.sweep.progress import log_study_summary, pareto_trials
+from fmnist_lab.sweep.promotion import Result, fronts
 from fmnist_lab.sweep.record import Record
 from fmnist_lab.train import train
 
@@ -53,12 +54,15 @@ class Finalist:
 
 
 def _complete(study: optuna.Study, spec: DictConfig) -> list[FrozenTrial]:
-    """The study's COMPLETE trials that meet `constraints.min_val_acc`."""
+    """The study's COMPLETE trials that meet `constraints.min_val_acc`; with `sweep.fidelity`
+    those that reached the top rung, scored there."""
     floor = spec.constraints.min_val_acc
-    return [
-        t for t in study.get_trials(states=(TrialState.COMPLETE,))
-        if floor is None or t.user_attrs["val_acc"] >= floor
-    ]  # fmt: skip
+    fid = fidelity.of(spec)
+    if fid is not None:  # only the top rung's results: where each model ends
+        trials = fidelity.top_trials(study, fid)
+    else:
+        trials = study.get_trials(states=(TrialState.COMPLETE,))
+    return [t for t in trials if floor is None or t.user_attrs["val_acc"] >= floor]
 
 
 def budget_ranking(trials: Sequence[FrozenTrial], budget: int) -> list[FrozenTrial]:
@@ -90,7 +94,12 @@ def select_finalists(
                 chosen[ranked[0].number] = ranked[0]
         return sorted(chosen.values(), key=lambda t: t.user_attrs["params"])
     if len(study.directions) > 1:
-        pool = pareto_trials(study) if policy.select == "pareto" else complete
+        if policy.select != "pareto":
+            pool = complete
+        elif fidelity.of(spec) is not None:  # the Pareto set of the top rung
+            pool = top_rung_front(complete)
+        else:
+            pool = pareto_trials(study)
         ranked = sorted(pool, key=lambda t: t.user_attrs["val_acc"], reverse=True)
     else:
         sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
@@ -98,6 +107,13 @@ def select_finalists(
         if policy.select == "pareto":
             ranked = ranked[:1]
     return ranked[: policy.top_k]
+
+
+def top_rung_front(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials no other is at least as accurate and as small as (and better in one)."""
+    results = [Result(t.number, t.user_attrs["val_acc"], t.user_attrs["params"]) for t in trials]
+    front = {r.trial for r in fronts(results)[0]} if results else set()
+    return [t for t in trials if t.number in front]
 
 
 def rerank(ctx: WorkerContext, study: optuna.Study) -> dict[int, float]:
@@ -211,8 +227,10 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
     """One finalist: a run whose children are its seeds, each trained on all training images
     and tested once; seeds already done (by a killed attempt) move under the new run."""
     policy = ctx.spec.finalists
-    base = [*policy.overrides, f"trainer.max_epochs={policy.epochs}",
-            "runtime.progress_bar=false"]  # fmt: skip
+    fid = fidelity.of(ctx.spec)
+    # With sweep.fidelity, the top rung's schedule (WSD) at the finalists' length.
+    base = [*(fid.overrides(policy.epochs) if fid else []), *policy.overrides,
+            f"trainer.max_epochs={policy.epochs}", "runtime.progress_bar=false"]  # fmt: skip
     cfg_t = ctx.trial_config(t.user_attrs["overrides"], *base)
     tags = {
         "role": "finalist",
@@ -225,8 +243,11 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
     }
     # The score it was chosen by, and how that score was measured (the registry compares
     # champions only on scores measured the same way).
-    measured = rerank_config(ctx, t) if rerank_val_acc is not None else trial_run_config(
-        ctx, t.user_attrs["overrides"])  # fmt: skip
+    if rerank_val_acc is not None:
+        measured = rerank_config(ctx, t)
+    else:
+        top = fid.overrides(fid.top) if fid else []  # chosen at the top rung
+        measured = trial_run_config(ctx, [*t.user_attrs["overrides"], *top])
     client = MlflowClient()
     name = tracking.run_name(f"t{t.number}-{{size}}-final", cfg_t.model.name,
                              t.user_attrs["params"])  # fmt: skip

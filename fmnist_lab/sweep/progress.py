@@ -12,6 +12,9 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
+from fmnist_lab.sweep import fidelity
+from fmnist_lab.sweep.record import Record
+
 
 class Progress:
     """A sweep-level bar on a terminal, and one line per finished trial everywhere."""
@@ -19,6 +22,9 @@ class Progress:
     def __init__(self, study: optuna.Study, spec: DictConfig) -> None:
         self.study, self.spec, self.start = study, spec, time.time()
         self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self.fidelity = fidelity.of(spec)
+        self.rungs = {k for k, r in Record(study).all().items()
+                      if fidelity.parse(k) and r["state"] == "done"}  # fmt: skip
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -33,6 +39,11 @@ class Progress:
             self._write(trial_line(t))
             if self.bar:
                 self.bar.update(1)
+        if self.fidelity is not None:
+            for name, rec in Record(self.study).all().items():
+                if fidelity.parse(name) and rec["state"] == "done" and name not in self.rungs:
+                    self.rungs.add(name)
+                    self._write(rung_line(name, rec, trials))
         if new:
             log_study_summary(self.study)
         if self.bar:
@@ -57,6 +68,18 @@ def trial_line(t: FrozenTrial) -> str:
     what = " ".join(_short(o) for o in attrs.get("overrides", []))
     why = f" ({attrs['reason']})" if "reason" in attrs else ""
     return f"trial {t.number:>3} {t.state.name:<8} {acc:<15} {params:<16} {took:>5}  {what}{why}"
+
+
+def rung_line(name: str, rec: dict, trials: Sequence[FrozenTrial]) -> str:
+    """A rung a trial was promoted to and finished: `trial  3 rung 9ep  val_acc 0.9012 ...`."""
+    number, epochs = fidelity.parse(name)
+    attrs = trials[number].user_attrs
+    first = attrs.get("val_acc")
+    params = f"{attrs['params']:,} params" if "params" in attrs else ""
+    how = "continued" if rec["result"].get("resumed") else "from the start"
+    return (f"trial {number:>3} rung {epochs}ep val_acc {rec['result']['val_acc']:.4f} "
+            f"{params:<16} (first rung {attrs.get('rung_epochs')}ep: {first:.4f}; "
+            f"{rec['result']['epochs_trained']} epochs {how})")  # fmt: skip
 
 
 def _short(override: str) -> str:

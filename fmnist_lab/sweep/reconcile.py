@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_lab import tracking
 from fmnist_lab.storage import trial_id
+from fmnist_lab.sweep import fidelity
 from fmnist_lab.sweep.config import WorkerContext, trial_run_config
 from fmnist_lab.sweep.locks import study_lock
 from fmnist_lab.sweep.record import INTERRUPTED, Record, gone, owner
@@ -51,7 +52,7 @@ class Outstanding:
         if said and self.trials_left:
             said.append(f"left: {self.trials_left} trial(s), then the finalists")
         if said and self.redo:
-            said.append(f"to do again after the search: {', '.join(self.redo)}")
+            said.append(f"to do again: {', '.join(self.redo)}")
         return said
 
 
@@ -70,10 +71,15 @@ def reconcile(ctx: WorkerContext, study: optuna.Study, closing: bool = False) ->
                 out.failed.append(t.number)
     optuna.storages.fail_stale_trials(study)  # other machines' dead trials (RDB storages)
     record = Record(study)
+    grace = ctx.cfg.heartbeat.grace_s if _beats(ctx.storage) else None
     for key, rec in record.all().items():
-        if rec["state"] == "running" and (
-            gone(rec.get("owner")) or closing and rec.get("owner") != owner()
-        ):
+        if rec["state"] != "running":
+            continue
+        if fidelity.parse(key):  # a rung: the search may still be on elsewhere
+            dead = gone(rec.get("owner")) or fidelity.stale(rec, grace)
+        else:
+            dead = gone(rec.get("owner")) or closing and rec.get("owner") != owner()
+        if dead:
             record.stop(key, DIED)
             out.stopped.append(key)
 
@@ -103,6 +109,11 @@ def reconcile(ctx: WorkerContext, study: optuna.Study, closing: bool = False) ->
     out.trials_left = max(0, ctx.spec.budget.n_trials - len(trials))
     out.redo = sorted(k for k, rec in records.items() if rec["state"] == "stopped")
     return out
+
+
+def _beats(storage) -> bool:
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval is not None and bool(interval())
 
 
 def study_runs(client: MlflowClient, ctx: WorkerContext, query: str = "") -> list[Run]:

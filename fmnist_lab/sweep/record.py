@@ -1,6 +1,7 @@
-"""The study's record of the work after the search (docs/run_state.md): one study attribute
-per piece of work (a rerank, a finalist, one finalist seed, the registration), saying whether
-it is running, done or stopped, which process owns it, and the one run that did it.
+"""The study's record of work other than a trial's first training (docs/run_state.md): one
+study attribute per piece of work (a trial's later rung, a rerank, a finalist, one finalist
+seed, the registration), saying whether it is running, done or stopped, which process owns
+it, and the one run that did it.
 
 Trials need no such record: Optuna's trial states are theirs. Both go through `owner()` and
 `gone()`, which say which process does a piece of work and whether it died."""
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,8 +19,9 @@ from typing import Any
 import optuna
 
 HOST = socket.gethostname()
-PREFIXES = ("rerank:", "finalist:", "registration")  # the study attributes that are work
+PREFIXES = ("rung:", "rerank:", "finalist:", "registration")  # the study attributes that are work
 INTERRUPTED = "interrupted (Ctrl-C)"
+_WRITING = threading.Lock()  # a rung's heartbeat thread and its trainer write one record
 
 
 def owner() -> str:
@@ -68,13 +72,14 @@ class Record:
         return rec["result"] if rec and rec["state"] == "done" else None
 
     def _put(self, key: str, **fields: Any) -> None:
-        self.study.set_user_attr(key, {**(self.get(key) or {}), **fields})
+        with _WRITING:
+            self.study.set_user_attr(key, {**(self.get(key) or {}), **fields})
 
     def start(self, key: str) -> None:
         """Written before the work's run exists."""
         attempt = (self.get(key) or {}).get("attempt", 0) + 1
         self._put(key, state="running", owner=owner(), attempt=attempt, run_id=None,
-                  reason=None, result=None)  # fmt: skip
+                  reason=None, result=None, since=time.time(), beat=None)  # fmt: skip
 
     def ran(self, key: str, run_id: str) -> None:
         self._put(key, run_id=run_id)
@@ -83,6 +88,10 @@ class Record:
         """Written while the work's run is still RUNNING (it ends FINISHED after)."""
         fields = {"state": "done", "result": result}
         self._put(key, **fields, **({"run_id": run_id} if run_id else {}))
+
+    def beat(self, key: str) -> None:
+        """The owner is alive (rungs on RDB storages: fmnist_lab.sweep.fidelity.running)."""
+        self._put(key, beat=time.time())
 
     def stop(self, key: str, reason: str) -> None:
         self._put(key, state="stopped", reason=reason)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_lab import tracking
-from fmnist_lab.sweep import faults
+from fmnist_lab.sweep import faults, fidelity
 from fmnist_lab.sweep.champion import register_best
 from fmnist_lab.sweep.config import (
     REFERENCES,
@@ -26,8 +26,10 @@ from fmnist_lab.sweep.config import (
 )
 from fmnist_lab.sweep.finalists import Finalist, print_finalists, run_finalists
 from fmnist_lab.sweep.locks import study_lock
-from fmnist_lab.sweep.reconcile import reconcile
+from fmnist_lab.sweep.reconcile import DIED, reconcile
+from fmnist_lab.sweep.record import Record
 from fmnist_lab.sweep.study import load_study, open_parent_run, open_study_storage
+from fmnist_lab.sweep.trial import beats, run_rung
 from fmnist_lab.sweep.worker import search
 
 
@@ -95,9 +97,40 @@ def close_study(ctx: WorkerContext, study: optuna.Study) -> list[Finalist]:
     left running is ended, then the finalists (those done are kept) and the registry."""
     reconcile(ctx, study, closing=True)
     wait_for_running_trials(study)
+    fid = fidelity.of(ctx.spec)
+    if fid is not None:
+        finish_rungs(ctx, study, fid)
     finalists = run_finalists(ctx.cfg, ctx.overrides, study, ctx.parent_run_id, ctx.study_uid)
     register_best(ctx.cfg, finalists, study)
     return finalists
+
+
+def finish_rungs(ctx: WorkerContext, study: optuna.Study, fid: fidelity.Fidelity) -> None:
+    """The closing process: rungs still training on other machines are waited for, those
+    whose process died and promotions still due are trained here; then no trial can go on,
+    and the checkpoints go (docs/run_state.md)."""
+    grace = ctx.cfg.heartbeat.grace_s if beats(ctx.storage) else None
+    said = False
+    while True:
+        with study_lock(ctx.cfg, "trials"):
+            for name in fidelity.running(study, None):
+                rec = Record(study).get(name)
+                if fidelity.stale(rec, grace):
+                    Record(study).stop(name, DIED)
+            alive = fidelity.running(study, grace)
+            promotion = None if alive else fidelity.next_promotion(study, fid)
+            if promotion is not None:
+                Record(study).start(fidelity.key(*promotion))
+        if promotion is not None:
+            run_rung(ctx, study, *promotion)
+            continue
+        if not alive:
+            break
+        if not said:
+            print(f"waiting for rung(s) still training elsewhere: {', '.join(alive)}")
+            said = True
+        time.sleep(2)
+    fidelity.remove_checkpoints(ctx.cfg)
 
 
 def wait_for_running_trials(study: optuna.Study) -> None:

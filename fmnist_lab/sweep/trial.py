@@ -13,12 +13,14 @@ from optuna.trial import TrialState
 
 from fmnist_lab import space as search_space
 from fmnist_lab import tracking
+from fmnist_lab.continuation import StableCheckpoint
 from fmnist_lab.errors import UserError
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.storage import trial_id
-from fmnist_lab.sweep import faults
+from fmnist_lab.sweep import faults, fidelity
 from fmnist_lab.sweep.config import WorkerContext, trial_run_config
 from fmnist_lab.sweep.reconcile import end_trial
+from fmnist_lab.sweep.record import Record
 from fmnist_lab.sweep.samplers import prunes
 from fmnist_lab.train import RunResult, train
 
@@ -58,7 +60,16 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
     trial.set_user_attr("overrides", overrides)
     if spec.constraints.min_val_acc is not None:
         trial.set_user_attr("min_val_acc", float(spec.constraints.min_val_acc))
-    cfg = trial_run_config(ctx, overrides)
+    # With sweep.fidelity, the first rung: WSD to its length, saved where its stable phase
+    # ends (unless it is the top rung: nothing continues from there).
+    fid = fidelity.of(spec)
+    first, rung, saved = None, [], None
+    if fid is not None:
+        first = fid.rungs[0]
+        at = fid.stable_end(first)
+        saved = fidelity.checkpoint(ctx.cfg, trial.number, at) if first < fid.top else None
+        rung = [StableCheckpoint(at, saved, quiet=first < fid.top)]
+    cfg = trial_run_config(ctx, [*overrides, *(fid.overrides(first) if fid else [])])
     tags = {"role": "trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number),
             "study_uid": ctx.study_uid}  # fmt: skip
 
@@ -92,12 +103,17 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
             return
         values = [n_params if o.metric == "params" else result.metrics[o.metric]
                   for o in spec.objectives]  # fmt: skip
+        if fid is not None and val_acc is not None:
+            trial.set_user_attr("rung_epochs", first)
+            trial.set_user_attr("checkpoint", str(saved) if saved else None)
+            trial.set_user_attr("epochs_trained", first)
+            mlflow.log_metric("rung_val_acc", val_acc, step=first)
         told(study, trial, TrialState.COMPLETE, None, values)
 
     try:
         train(
             cfg,
-            callbacks=[pruning, *faults.callbacks("trial")],
+            callbacks=[pruning, *rung, *faults.callbacks("trial")],
             parent_run_id=ctx.parent_run_id,
             tags=tags,
             splits=ctx.splits_for(cfg.data),
@@ -160,3 +176,62 @@ def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
             tracking.log_param_count(n_params)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         told(study, trial, TrialState.PRUNED, reason)
+
+
+def run_rung(ctx: WorkerContext, study: optuna.Study, number: int, epochs: int) -> None:
+    """Train trial `number` on to rung `epochs` (its record is `running` under this process):
+    from the checkpoint of the rung below where this machine has it, else from the start
+    (the same steps, more compute), into the trial's own run; the record `done` with the
+    rung's validation accuracy (its decayed branch) before the run ends."""
+    fid = fidelity.of(ctx.spec)
+    t = study.get_trials(deepcopy=False)[number]
+    below = fid.rungs[fid.rungs.index(epochs) - 1]
+    start = fidelity.checkpoint(ctx.cfg, number, fid.stable_end(below))
+    resume = str(start) if start is not None and start.exists() else None
+    top = epochs == fid.top
+    at = fid.stable_end(epochs)
+    saved = None if top else fidelity.checkpoint(ctx.cfg, number, at)
+    cfg = trial_run_config(ctx, [*t.user_attrs["overrides"], *fid.overrides(epochs)])
+    name = fidelity.key(number, epochs)
+    record = Record(study)
+    trained = epochs - (fid.stable_end(below) if resume else 0)
+
+    def finish(result: RunResult) -> None:
+        val_acc = result.metrics["val_acc"]
+        mlflow.log_metric("rung_val_acc", val_acc, step=epochs)
+        record.finish(name, {"val_acc": val_acc, "checkpoint": str(saved) if saved else None,
+                             "epochs_trained": trained, "resumed": resume is not None},
+                      result.run_id)  # fmt: skip
+
+    with record.attempt(name), record_heartbeat(ctx, record, name):
+        train(cfg, callbacks=[StableCheckpoint(at, saved, quiet=not top),
+                              *faults.callbacks("rung")],
+              tags={"rung_epochs": str(epochs)}, splits=ctx.splits_for(cfg.data),
+              on_result=finish, resume_from=resume,
+              run_id=t.user_attrs["mlflow_run_id"])  # fmt: skip
+    # One checkpoint per trial: the one its next rung would start from; none after the top.
+    fidelity.remove_checkpoints(ctx.cfg, number, keep=saved)
+
+
+@contextmanager
+def record_heartbeat(ctx: WorkerContext, record: Record, name: str) -> Iterator[None]:
+    """While a rung trains on an RDB storage, its record's `beat` is renewed like a trial's
+    heartbeat, so that a process of another machine can tell that it died."""
+    if not beats(ctx.storage):
+        yield
+        return
+    interval = ctx.storage.get_heartbeat_interval()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            record.beat(name)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

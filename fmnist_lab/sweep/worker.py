@@ -24,25 +24,46 @@ from optuna.trial import FrozenTrial, TrialState
 from fmnist_lab import tracking
 from fmnist_lab.errors import UserError
 from fmnist_lab.storage import trial_id
-from fmnist_lab.sweep import faults
+from fmnist_lab.sweep import faults, fidelity
 from fmnist_lab.sweep.config import WorkerContext
 from fmnist_lab.sweep.locks import sigint_held, study_lock
 from fmnist_lab.sweep.progress import Progress
 from fmnist_lab.sweep.reconcile import fail_own_trials
-from fmnist_lab.sweep.record import owner
+from fmnist_lab.sweep.record import Record, owner
 from fmnist_lab.sweep.samplers import make_pruner, make_sampler
 from fmnist_lab.sweep.study import open_study_storage
-from fmnist_lab.sweep.trial import beats, heartbeat, run_trial
+from fmnist_lab.sweep.trial import beats, heartbeat, run_rung, run_trial
+
+WAIT = "wait"  # next_work: nothing to do now, but a rung or trial in training may give some
 
 
-def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
-    """Ask for a trial unless the budget, the timeout or a stop condition says we are done."""
+def next_work(ctx: WorkerContext, study: optuna.Study):
+    """What a free worker does next: a rung to train on to, as (trial, epochs), with
+    `sweep.fidelity` (its record written now, under the lock); else a new trial, unless the
+    budget, the timeout or a stop condition says we are done (None), or WAIT."""
     spec = ctx.spec
     if ctx.deadline is not None and time.time() >= ctx.deadline:
         return None
+    fid = fidelity.of(spec)
     with study_lock(ctx.cfg, "trials"):
         optuna.storages.fail_stale_trials(study)  # a dead machine's trials end FAIL
-        if search_done(spec, study.get_trials(deepcopy=False)):
+        trials = study.get_trials(deepcopy=False)
+        if stop_condition_met(spec, trials, study):
+            return None
+        if fid is not None:
+            with sigint_held():  # decided and recorded as one step
+                promotion = fidelity.next_promotion(study, fid)
+                if promotion is not None:
+                    Record(study).start(fidelity.key(*promotion))
+                    return promotion
+        if search_done(spec, trials, study):
+            if fid is not None and (
+                any(t.state == TrialState.RUNNING for t in trials)
+                or fidelity.running(
+                    study, ctx.cfg.heartbeat.grace_s if beats(ctx.storage) else None
+                )
+            ):
+                return WAIT  # what trains now may make a promotion due: stay for it
             return None
         # Noted under the lock, so that a RUNNING trial without owner is known to be one whose
         # worker was killed in between (reconcile); a Ctrl-C waits until it is noted.
@@ -54,15 +75,25 @@ def next_trial(ctx: WorkerContext, study: optuna.Study) -> optuna.Trial | None:
         return trial
 
 
-def search_done(spec: DictConfig, trials: Sequence[FrozenTrial]) -> bool:
+def search_done(spec: DictConfig, trials: Sequence[FrozenTrial],
+                study: optuna.Study | None = None) -> bool:  # fmt: skip
     """Whether the budget is spent (nothing queued) or a stop condition is met."""
     waiting = any(t.state == TrialState.WAITING for t in trials)
-    return len(trials) >= spec.budget.n_trials and not waiting or stop_condition_met(spec, trials)
+    spent = len(trials) >= spec.budget.n_trials and not waiting
+    return spent or stop_condition_met(spec, trials, study)
 
 
-def stop_condition_met(spec: DictConfig, trials: Sequence[FrozenTrial]) -> bool:
+def stop_condition_met(spec: DictConfig, trials: Sequence[FrozenTrial],
+                       study: optuna.Study | None = None) -> bool:  # fmt: skip
+    """`sweep.stop`: a trial at or above `val_acc` within `max_params`; with fidelity, at the
+    top rung (a short rung's accuracy says nothing of where a model ends)."""
     target, limit = spec.stop.val_acc, spec.stop.max_params
     if target is None:
+        return False
+    fid = fidelity.of(spec)
+    if fid is not None and study is not None:
+        trials = fidelity.top_trials(study, fid)
+    elif fid is not None:
         return False
     return any(
         t.state == TrialState.COMPLETE
@@ -101,9 +132,15 @@ def worker_main(
     # Seeded by worker and by how far the study is, so no two draw the same samples.
     study.sampler = make_sampler(cfg.sweep, offset=7919 * index + len(study.trials))
     try:
-        while (trial := next_trial(ctx, study)) is not None:
-            with heartbeat(storage, study, trial):
-                run_trial(ctx, study, trial)
+        while (work := next_work(ctx, study)) is not None:
+            if work is WAIT:
+                time.sleep(2)
+                continue
+            if isinstance(work, tuple):
+                run_rung(ctx, study, *work)
+                continue
+            with heartbeat(storage, study, work):
+                run_trial(ctx, study, work)
         return
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
@@ -136,7 +173,10 @@ def quiet() -> None:
 def search(cfg: DictConfig, overrides: list[str], study: optuna.Study, parent_id: str) -> None:
     """Run the workers and follow the study until they are done."""
     spec = cfg.sweep
-    if search_done(spec, study.get_trials(deepcopy=False)):
+    fid = fidelity.of(spec)
+    if search_done(spec, study.get_trials(deepcopy=False), study) and (
+        fid is None or fidelity.next_promotion(study, fid) is None
+    ):
         return  # resumed after the search: no worker to start
     deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
     threads = max(1, len(os.sched_getaffinity(0)) // cfg.workers)  # the cores we may use
