@@ -22,10 +22,14 @@ class StableCheckpoint(pl.Callback):
     """Save the run to `path` at the end of epoch `at` (counted from 1; 0: nothing to save),
     to a temporary name first, so that a file under `path` is always whole. With `quiet`, the
     epochs after `at` (the decayed branch of a rung below the top) are kept out of the run's
-    per-epoch metrics: the continuation logs those epochs again, at the stable rate."""
+    per-epoch metrics: the continuation logs those epochs again, at the stable rate. With
+    `logged`, the first `logged` epochs are not logged again (a continuation trained from the
+    start where its checkpoint is on another machine: the same steps, the same values)."""
 
-    def __init__(self, at: int, path: str | Path | None, quiet: bool = False) -> None:
+    def __init__(self, at: int, path: str | Path | None, quiet: bool = False,
+                 logged: int = 0) -> None:  # fmt: skip
         self.at, self.path, self.quiet = at, Path(path) if path else None, quiet
+        self.logged = logged  # epochs the run has logged before (trained again from 0)
         self.trainer: pl.Trainer | None = None
         self.restored: dict[str, Any] | None = None
 
@@ -33,6 +37,8 @@ class StableCheckpoint(pl.Callback):
         self.trainer = trainer
         if self.quiet and hasattr(trainer.logger, "quiet_from"):
             trainer.logger.quiet_from = self.at
+        if self.logged and hasattr(trainer.logger, "logged_before"):
+            trainer.logger.logged_before = self.logged
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restored is None:

@@ -30,6 +30,7 @@ class MlflowEpochLogger(Logger):
         self.client = mlflow.MlflowClient()
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.quiet_from: int | None = None  # epochs from here on are kept in history only
+        self.logged_before = 0  # and those before this one (fmnist_lab.continuation)
 
     @property
     def name(self) -> str:
@@ -51,5 +52,6 @@ class MlflowEpochLogger(Logger):
                  for k, v in metrics.items() if k != "epoch"]  # fmt: skip
         for m in batch:
             self.history.setdefault(m.key, []).append((epoch, m.value))
-        if batch and (self.quiet_from is None or epoch < self.quiet_from):
+        quiet = self.quiet_from is not None and epoch >= self.quiet_from
+        if batch and not quiet and epoch >= self.logged_before:
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)

@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 # Raise VIEW_VERSION whenever VIEW_STATE or the description changes. The tag's name carries it,
 # and fmnist_lab.tracking.configure prepares an experiment that lacks VIEW_TAG: a store written
 # by an earlier version gets this view (and loses the earlier one) on its next run.
-VIEW_VERSION = 2
+VIEW_VERSION = 3
 VIEW_ID = f"fmnist-lab-v{VIEW_VERSION}"
 VIEW_NAME = "fmnist_lab: size vs accuracy"
 TAG_PREFIX = "mlflow.sharedViewState."
@@ -63,6 +63,9 @@ VIEW_STATE = {
     "compareRunCharts": [
         _scatter("fmnist-params-val", "params_log10", "val_acc"),
         _scatter("fmnist-params-test", "params_log10", "test_acc"),
+        # Multi-fidelity sweeps (sweep.fidelity): each trial at the highest rung it reached
+        # (the metric's latest step); hidden where no run has it.
+        _scatter("fmnist-params-rung", "params_log10", "rung_val_acc"),
     ],
     "compareRunSections": [
         {"uuid": _SECTION, "name": "Size vs accuracy", "display": True, "isReordered": False,

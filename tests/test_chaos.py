@@ -49,11 +49,12 @@ def real_sweep(tmp_path, data_root, cache_dir):
     return stores(tmp_path, [f"data.root={data_root}", f"data.cache_dir={cache_dir}"])
 
 
-def sweep(tmp_path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run the sweep in its own process group; once it has exited, wait until none of its
-    worker processes is left either."""
+def sweep(tmp_path, args: list[str], env: dict[str, str],
+          base: list[str] = SWEEP) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run the sweep (`base`, then `args`) in its own process group; once it has exited, wait
+    until none of its worker processes is left either."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fmnist_lab.sweep", *SWEEP, *args], cwd=tmp_path, text=True,
+        [sys.executable, "-m", "fmnist_lab.sweep", *base, *args], cwd=tmp_path, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, preexec_fn=default_sigint,
     )  # fmt: skip

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import mlflow
@@ -20,30 +19,6 @@ from mlflow.tracking._tracking_service import utils as tracking_uri_state
 from optuna.trial import TrialState
 
 from .conftest import free_port, run_cli, start_server
-
-
-@pytest.fixture
-def machines(tmp_path, data_root, cache_dir):
-    """Start `python -m fmnist_lab.sweep` as machine `name` (own directory, own session)."""
-    procs: list[subprocess.Popen] = []
-
-    def start(name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
-        home = tmp_path / name
-        home.mkdir(exist_ok=True)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fmnist_lab.sweep", "sweep=quick", f"data.root={data_root}",
-             f"data.cache_dir={cache_dir}", "data.val_size=1000", *args],
-            cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
-        )  # fmt: skip
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:  # a failed test leaves no process behind
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_lab.continuation import stable_end
-from fmnist_lab.sweep.promotion import Result, promotable, rungs
+from fmnist_lab.sweep.promotion import RULES, Result, promotable, rungs
 from fmnist_lab.sweep.record import Record, gone
 
 KEY = re.compile(r"^rung:t(\d+):(\d+)ep$")
@@ -128,17 +128,36 @@ def read(study: optuna.Study, fidelity: Fidelity,
 def next_promotion(study: optuna.Study, fidelity: Fidelity) -> tuple[int, int] | None:
     """(trial, epochs) of the rung a free worker trains next, or None: a rung whose process
     died first (trained again from the checkpoint below it), else the best promotable trial
-    of the highest rung that has one. The caller holds the trials lock."""
+    of the highest rung that has one."""
+    decided = _decide(study, fidelity)
+    return decided[:2] if decided else None
+
+
+def take(study: optuna.Study, fidelity: Fidelity) -> tuple[int, int] | None:
+    """`next_promotion`, recorded `running` under this process with what decided it (the
+    trial's place in its rung's ranking, and how many results the rung had): the caller
+    holds the trials lock, so no other process can take the same promotion."""
+    decided = _decide(study, fidelity)
+    if decided is None:
+        return None
+    trial, epochs, rank, results = decided
+    extra = {} if rank is None else {"decided": {"rank": rank, "results": results}}
+    Record(study).start(key(trial, epochs), **extra)
+    return trial, epochs
+
+
+def _decide(study: optuna.Study, fidelity: Fidelity):
     state = read(study, fidelity)
     for name, rec in sorted(state.records.items()):
         if rec["state"] == "stopped":
-            return parse(name)
+            return (*parse(name), None, None)
     lengths = fidelity.rungs
     for lower, upper in reversed(list(pairwise(lengths))):
         results = list(state.results[lower].values())
         chosen = promotable(results, state.promoted(upper), fidelity.eta, fidelity.rule)
         if chosen:
-            return chosen[0], upper
+            order = [r.trial for r in RULES[fidelity.rule](results)]
+            return chosen[0], upper, order.index(chosen[0]), len(results)
     return None
 
 

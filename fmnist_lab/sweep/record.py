@@ -75,11 +75,11 @@ class Record:
         with _WRITING:
             self.study.set_user_attr(key, {**(self.get(key) or {}), **fields})
 
-    def start(self, key: str) -> None:
-        """Written before the work's run exists."""
+    def start(self, key: str, **fields: Any) -> None:
+        """Written before the work's run exists (with `fields` of the caller's own)."""
         attempt = (self.get(key) or {}).get("attempt", 0) + 1
         self._put(key, state="running", owner=owner(), attempt=attempt, run_id=None,
-                  reason=None, result=None, since=time.time(), beat=None)  # fmt: skip
+                  reason=None, result=None, since=time.time(), beat=None, **fields)  # fmt: skip
 
     def ran(self, key: str, run_id: str) -> None:
         self._put(key, run_id=run_id)
@@ -97,9 +97,11 @@ class Record:
         self._put(key, state="stopped", reason=reason)
 
     @contextmanager
-    def attempt(self, key: str) -> Iterator[None]:
-        """Do `key` once more: `running` now, `stopped` with the reason if it is cut short."""
-        self.start(key)
+    def attempt(self, key: str, started: bool = False) -> Iterator[None]:
+        """Do `key` once more: `running` now (`started`: the caller wrote that already, as a
+        promotion is taken), `stopped` with the reason if it is cut short."""
+        if not started:
+            self.start(key)
         try:
             yield
         except KeyboardInterrupt:

@@ -118,9 +118,7 @@ def finish_rungs(ctx: WorkerContext, study: optuna.Study, fid: fidelity.Fidelity
                 if fidelity.stale(rec, grace):
                     Record(study).stop(name, DIED)
             alive = fidelity.running(study, grace)
-            promotion = None if alive else fidelity.next_promotion(study, fid)
-            if promotion is not None:
-                Record(study).start(fidelity.key(*promotion))
+            promotion = None if alive else fidelity.take(study, fid)
         if promotion is not None:
             run_rung(ctx, study, *promotion)
             continue

@@ -203,8 +203,9 @@ def run_rung(ctx: WorkerContext, study: optuna.Study, number: int, epochs: int) 
                              "epochs_trained": trained, "resumed": resume is not None},
                       result.run_id)  # fmt: skip
 
-    with record.attempt(name), record_heartbeat(ctx, record, name):
-        train(cfg, callbacks=[StableCheckpoint(at, saved, quiet=not top),
+    with record.attempt(name, started=True), record_heartbeat(ctx, record, name):
+        logged = 0 if resume else fid.stable_end(below)  # trained again from the start
+        train(cfg, callbacks=[StableCheckpoint(at, saved, quiet=not top, logged=logged),
                               *faults.callbacks("rung")],
               tags={"rung_epochs": str(epochs)}, splits=ctx.splits_for(cfg.data),
               on_result=finish, resume_from=resume,

@@ -29,7 +29,7 @@ from fmnist_lab.sweep.config import WorkerContext
 from fmnist_lab.sweep.locks import sigint_held, study_lock
 from fmnist_lab.sweep.progress import Progress
 from fmnist_lab.sweep.reconcile import fail_own_trials
-from fmnist_lab.sweep.record import Record, owner
+from fmnist_lab.sweep.record import owner
 from fmnist_lab.sweep.samplers import make_pruner, make_sampler
 from fmnist_lab.sweep.study import open_study_storage
 from fmnist_lab.sweep.trial import beats, heartbeat, run_rung, run_trial
@@ -52,9 +52,8 @@ def next_work(ctx: WorkerContext, study: optuna.Study):
             return None
         if fid is not None:
             with sigint_held():  # decided and recorded as one step
-                promotion = fidelity.next_promotion(study, fid)
+                promotion = fidelity.take(study, fid)
                 if promotion is not None:
-                    Record(study).start(fidelity.key(*promotion))
                     return promotion
         if search_done(spec, trials, study):
             if fid is not None and (
