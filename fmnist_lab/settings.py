@@ -154,6 +154,7 @@ class Budget(Strict):
     timeout_s: Annotated[Real, Field(gt=0)] | None = None
     epochs: Count
     train_fraction: Fraction
+    compute_epochs: Count | None = None  # epochs trained in all (fmnist_lab.sweep.fidelity)
 
 
 class Finalists(Strict):

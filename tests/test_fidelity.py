@@ -135,7 +135,7 @@ def test_the_cli_refuses_a_bad_fidelity_before_recording_anything(tmp_path, smal
     result = run_cli(
         "fmnist_lab.sweep", "sweep=quick", *small_data.cfg_overrides(),
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        "+sweep.fidelity={min_epochs:1,max_epochs:4,eta:1}", "sweep.finalists.epochs=4",
+        "sweep.fidelity={min_epochs:1,max_epochs:4,eta:1}", "sweep.finalists.epochs=4",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2

@@ -28,7 +28,7 @@ RUNGS = [1, 2, 4]  # min_epochs 1, max_epochs 4, eta 2
 FIDELITY = [
     "sweep=quick", "workers=2", f"sweep.budget.n_trials={N_TRIALS}",
     "sweep.space.model.filters.high=16",  # small models: every trial within the budget
-    "+sweep.fidelity={min_epochs:1,max_epochs:4,eta:2}",
+    "sweep.fidelity={min_epochs:1,max_epochs:4,eta:2}",
     "sweep.finalists.select=top_k", "sweep.finalists.top_k=1", "sweep.finalists.seeds=1",
     "sweep.finalists.epochs=4", "registry.enabled=false",
     'sweep.finalists.overrides=["data.val_size=0","data.train_fraction=0.02","test=true",'

@@ -161,6 +161,33 @@ def _decide(study: optuna.Study, fidelity: Fidelity):
     return None
 
 
+def epochs_spent(study: optuna.Study, spec: DictConfig) -> int:
+    """Epochs the search has trained or is training, over its trials' training images: every
+    trial's first training (a fixed-length trial's whole length, a pruned one's epochs up to
+    its pruning), every rung after it, decayed branches included; work still running counts
+    its whole length. What `sweep.budget.compute_epochs` caps."""
+    fid = of(spec)
+    planned = fid.rungs[0] if fid else int(spec.budget.epochs)
+    spent = 0
+    for t in study.get_trials(deepcopy=False):
+        trained = t.user_attrs.get("epochs_trained")
+        if trained is not None:
+            spent += int(trained)
+        elif t.state in (TrialState.RUNNING, TrialState.COMPLETE):
+            spent += planned  # in training (or told by a version that did not count)
+        elif t.state == TrialState.FAIL and "mlflow_run_id" in t.user_attrs:
+            spent += planned  # cut short in training: counted whole
+    for name, rec in Record(study).all().items():
+        if not parse(name):
+            continue
+        if rec["state"] == "done":
+            spent += int(rec["result"]["epochs_trained"])
+        elif rec["state"] == "running" and fid is not None:
+            trial, epochs = parse(name)
+            spent += epochs - fid.stable_end(fid.rungs[fid.rungs.index(epochs) - 1])
+    return spent
+
+
 def stale(rec: dict, grace_s: float | None) -> bool:
     """Whether a running rung record's heartbeat stopped over `grace_s` ago (None: the
     storage keeps no heartbeats, so no record goes stale; its machine's own resume ends it)."""

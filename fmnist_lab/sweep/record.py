@@ -86,7 +86,7 @@ class Record:
 
     def finish(self, key: str, result: dict[str, Any], run_id: str | None = None) -> None:
         """Written while the work's run is still RUNNING (it ends FINISHED after)."""
-        fields = {"state": "done", "result": result}
+        fields = {"state": "done", "result": result, "finished": time.time()}
         self._put(key, **fields, **({"run_id": run_id} if run_id else {}))
 
     def beat(self, key: str) -> None:

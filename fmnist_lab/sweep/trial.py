@@ -95,6 +95,9 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
 
     def tell(result: RunResult) -> None:
         val_acc = result.metrics.get("val_acc")
+        # The compute it took (sweep.budget.compute_epochs): epochs over its training images.
+        epochs = cfg.trainer.max_epochs if pruning.pruned_at is None else pruning.pruned_at + 1
+        trial.set_user_attr("epochs_trained", int(epochs))
         trial.set_user_attr("val_acc", val_acc)
         trial.set_user_attr("train_time_s", result.metrics.get("train_time_s"))
         if pruning.pruned_at is not None:
@@ -106,7 +109,6 @@ def run_trial(ctx: WorkerContext, study: optuna.Study, trial: optuna.Trial) -> N
         if fid is not None and val_acc is not None:
             trial.set_user_attr("rung_epochs", first)
             trial.set_user_attr("checkpoint", str(saved) if saved else None)
-            trial.set_user_attr("epochs_trained", first)
             mlflow.log_metric("rung_val_acc", val_acc, step=first)
         told(study, trial, TrialState.COMPLETE, None, values)
 

@@ -50,6 +50,9 @@ def next_work(ctx: WorkerContext, study: optuna.Study):
         trials = study.get_trials(deepcopy=False)
         if stop_condition_met(spec, trials, study):
             return None
+        cap = spec.budget.get("compute_epochs")
+        if cap is not None and fidelity.epochs_spent(study, spec) >= cap:
+            return None  # the compute budget is spent: what trains now finishes
         if fid is not None:
             with sigint_held():  # decided and recorded as one step
                 promotion = fidelity.take(study, fid)
