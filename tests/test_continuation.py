@@ -18,13 +18,9 @@ RUNG = ["scheduler=wsd", "scheduler.warmup_epochs=0.5", "model.dropout=0.2",
         "log_model=false", "test=false", "runtime.threads=1"]  # fmt: skip
 
 
-def rung(make_cfg, epochs: int, decay: int, uri: str):
-    return make_cfg(
-        *RUNG,
-        f"trainer.max_epochs={epochs}",
-        f"scheduler.decay_epochs={decay}",
-        f"tracking.uri={uri}",
-    )
+def rung(make_cfg, epochs: int, decay: int, uri: str, *more: str):
+    return make_cfg(*RUNG, f"trainer.max_epochs={epochs}", f"scheduler.decay_epochs={decay}",
+                    f"tracking.uri={uri}", *more)  # fmt: skip
 
 
 def weights(path) -> dict[str, torch.Tensor]:
@@ -45,9 +41,12 @@ def flat(tree, prefix="") -> dict[str, torch.Tensor]:
     return {}
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_a_rung_continued_equals_the_longer_run_straight_through(make_cfg, tracking_uri,
-                                                                 tmp_path):  # fmt: skip
-    cfg = {n: rung(make_cfg, n, 1, tracking_uri) for n in (2, 4)}
+                                                                 tmp_path, precision):  # fmt: skip
+    # bf16-mixed as the CPU sweep files train: autocast is as deterministic on the CPU.
+    cfg = {n: rung(make_cfg, n, 1, tracking_uri, f"trainer.precision={precision}")
+           for n in (2, 4)}  # fmt: skip
     # Straight through: 4 epochs, stable to the end of epoch 3, saved there.
     straight = train(cfg[4], callbacks=[StableCheckpoint(3, tmp_path / "s3.pt")])
     # Rung of 2 epochs (stable to 1, saved, decayed branch validated), then on to 4 from e1.
