@@ -144,3 +144,26 @@ def test_the_cli_refuses_a_bad_fidelity_before_recording_anything(tmp_path, smal
         "below it")  # fmt: skip
     assert not (tmp_path / "mlflow.db").exists()  # nothing recorded
     assert not (tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal").exists()
+
+
+def test_a_compute_budget_ends_a_scheduler_sweep(tmp_path, small_data):
+    # A real sweep on the small generated data: 100 trials allowed, 8 epochs of compute.
+    result = run_cli(
+        "fmnist_lab.sweep", "sweep=quick", *small_data.cfg_overrides(),
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "data.val_size=500",
+        "sweep.budget.train_fraction=0.05", "sweep.budget.n_trials=100",
+        "sweep.budget.compute_epochs=8", "sweep.fidelity={min_epochs:1,max_epochs:4,eta:2}",
+        "sweep.finalists.epochs=4", "sweep.finalists.seeds=0", "registry.enabled=false",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    journal = tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal"
+    study = optuna.load_study(study_name="quick", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))  # fmt: skip
+    cfg = OmegaConf.create({"sweep": {"budget": {"epochs": 2, "compute_epochs": 8},
+                                      "fidelity": {"min_epochs": 1, "max_epochs": 4,
+                                                   "eta": 2}}})  # fmt: skip
+    spent = fidelity.epochs_spent(study, cfg.sweep)
+    # Work starts only below the cap; the last piece may run past it by its own length.
+    assert 8 <= spent < 8 + 4 and len(study.trials) < 100
+    assert "rung 2ep val_acc" in result.stdout
