@@ -8,7 +8,9 @@ The rule, written before any result: WSD "matches" one-cycle when the difference
 means is at most the larger of the two standard deviations over the seeds. If it does not, the
 sweep promotes by restarting at the longer length (Hyperband style) instead.
 
-    taskset -c 1 .venv/bin/python docs/wsd_vs_onecycle.py            # about 75 min on one core
+    taskset -c 0 .venv/bin/python docs/wsd_vs_onecycle.py --only onecycle &
+    taskset -c 1 .venv/bin/python docs/wsd_vs_onecycle.py --only wsd       # ~40 min each
+    .venv/bin/python docs/wsd_vs_onecycle.py                              # the table
     .venv/bin/python docs/wsd_vs_onecycle.py --epochs 2 --fraction 0.05  # a smoke run
 
 Resumable: a (schedule, seed) with a FINISHED run in the store is not trained again.
@@ -39,6 +41,9 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=1.0)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--store", default="outputs/wsd_vs_onecycle")
+    parser.add_argument("--only", choices=list(SCHEDULES), default=None,
+                        help="train this schedule's runs only (two processes, one each, "
+                        "on two cores); run once more without it for the table")  # fmt: skip
     args = parser.parse_args()
     store = Path(args.store).resolve()
     store.mkdir(parents=True, exist_ok=True)
@@ -49,6 +54,8 @@ def main() -> None:
     for seed in range(args.seeds):
         for name, overrides in SCHEDULES.items():
             done = done_run(client, experiment, name, seed)
+            if done is None and args.only not in (None, name):
+                continue
             if done is None:
                 with initialize_config_dir(config_dir=CONF, version_base="1.3"):
                     cfg = compose("train", overrides=[
@@ -62,6 +69,8 @@ def main() -> None:
                 done = result.metrics["val_acc"]
             scores[name].append(done)
             print(f"{name:9s} seed {seed}: val_acc {done:.4f}", flush=True)
+    if args.only is not None:
+        return
     print(f"\n{args.epochs} epochs, train_fraction {args.fraction:g}, {args.seeds} seeds "
           f"(validation, 5,000 images):")  # fmt: skip
     stats = {}

@@ -119,3 +119,9 @@ def trial_id(storage: optuna.storages.BaseStorage, study_name: str, number: int)
     the storage's public API, since FrozenTrial and Trial keep theirs private."""
     study_id = storage.get_study_id_from_name(study_name)
     return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def beats(storage) -> bool:
+    """Whether an Optuna storage keeps heartbeats (an RDB storage opened with an interval)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval is not None and bool(interval())

@@ -23,7 +23,7 @@ from .test_chaos import sweep
 from .test_distributed import finish
 from .test_sweep import load, runs_by_role, stores
 
-N_TRIALS = 8
+N_TRIALS = 6
 RUNGS = [1, 2, 4]  # min_epochs 1, max_epochs 4, eta 2
 FIDELITY = [
     "sweep=quick", "workers=2", f"sweep.budget.n_trials={N_TRIALS}",

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_lab import tracking
-from fmnist_lab.storage import trial_id
+from fmnist_lab.storage import beats, trial_id
 from fmnist_lab.sweep import fidelity
 from fmnist_lab.sweep.config import WorkerContext, trial_run_config
 from fmnist_lab.sweep.locks import study_lock
@@ -71,7 +71,7 @@ def reconcile(ctx: WorkerContext, study: optuna.Study, closing: bool = False) ->
                 out.failed.append(t.number)
     optuna.storages.fail_stale_trials(study)  # other machines' dead trials (RDB storages)
     record = Record(study)
-    grace = ctx.cfg.heartbeat.grace_s if _beats(ctx.storage) else None
+    grace = ctx.cfg.heartbeat.grace_s if beats(ctx.storage) else None
     for key, rec in record.all().items():
         if rec["state"] != "running":
             continue
@@ -109,11 +109,6 @@ def reconcile(ctx: WorkerContext, study: optuna.Study, closing: bool = False) ->
     out.trials_left = max(0, ctx.spec.budget.n_trials - len(trials))
     out.redo = sorted(k for k, rec in records.items() if rec["state"] == "stopped")
     return out
-
-
-def _beats(storage) -> bool:
-    interval = getattr(storage, "get_heartbeat_interval", None)
-    return interval is not None and bool(interval())
 
 
 def study_runs(client: MlflowClient, ctx: WorkerContext, query: str = "") -> list[Run]:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_lab import tracking
+from fmnist_lab.storage import beats
 from fmnist_lab.sweep import faults, fidelity
 from fmnist_lab.sweep.champion import register_best
 from fmnist_lab.sweep.config import (
@@ -29,7 +30,7 @@ from fmnist_lab.sweep.locks import study_lock
 from fmnist_lab.sweep.reconcile import DIED, reconcile
 from fmnist_lab.sweep.record import Record
 from fmnist_lab.sweep.study import load_study, open_parent_run, open_study_storage
-from fmnist_lab.sweep.trial import beats, run_rung
+from fmnist_lab.sweep.trial import run_rung
 from fmnist_lab.sweep.worker import search
 
 

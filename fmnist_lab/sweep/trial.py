@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import mlflow
@@ -16,7 +16,7 @@ from fmnist_lab import tracking
 from fmnist_lab.continuation import StableCheckpoint
 from fmnist_lab.errors import UserError
 from fmnist_lab.models import build_model, count_params
-from fmnist_lab.storage import trial_id
+from fmnist_lab.storage import beats, trial_id
 from fmnist_lab.sweep import faults, fidelity
 from fmnist_lab.sweep.config import WorkerContext, trial_run_config
 from fmnist_lab.sweep.reconcile import end_trial
@@ -146,28 +146,30 @@ def heartbeat(storage: optuna.storages.BaseStorage, study: optuna.Study,
     if not beats(storage):
         yield
         return
-    interval = storage.get_heartbeat_interval()
     number = trial_id(storage, study.study_name, trial.number)
+    with beating(storage, lambda: storage.record_heartbeat(number)):
+        yield
+
+
+@contextmanager
+def beating(storage: optuna.storages.BaseStorage, beat: Callable[[], None]) -> Iterator[None]:
+    """Call `beat` every heartbeat interval of `storage` (at once, then on) while in the
+    block, from a thread of its own."""
+    interval = storage.get_heartbeat_interval()
     stop = threading.Event()
 
-    def beat() -> None:
+    def loop() -> None:
         while not stop.is_set():
-            storage.record_heartbeat(number)
+            beat()
             stop.wait(interval)
 
-    thread = threading.Thread(target=beat, daemon=True)
+    thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
-
-
-def beats(storage: optuna.storages.BaseStorage) -> bool:
-    """Whether the storage keeps heartbeats (an RDB storage opened with an interval)."""
-    interval = getattr(storage, "get_heartbeat_interval", None)
-    return interval is not None and bool(interval())
 
 
 def end_untrained(ctx, cfg, study, trial, n_params, reason, tags) -> None:
@@ -223,18 +225,5 @@ def record_heartbeat(ctx: WorkerContext, record: Record, name: str) -> Iterator[
     if not beats(ctx.storage):
         yield
         return
-    interval = ctx.storage.get_heartbeat_interval()
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.is_set():
-            record.beat(name)
-            stop.wait(interval)
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
+    with beating(ctx.storage, lambda: record.beat(name)):
         yield
-    finally:
-        stop.set()
-        thread.join()

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_lab import tracking
 from fmnist_lab.errors import UserError
-from fmnist_lab.storage import trial_id
+from fmnist_lab.storage import beats, trial_id
 from fmnist_lab.sweep import faults, fidelity
 from fmnist_lab.sweep.config import WorkerContext
 from fmnist_lab.sweep.locks import sigint_held, study_lock
@@ -32,7 +32,7 @@ from fmnist_lab.sweep.reconcile import fail_own_trials
 from fmnist_lab.sweep.record import owner
 from fmnist_lab.sweep.samplers import make_pruner, make_sampler
 from fmnist_lab.sweep.study import open_study_storage
-from fmnist_lab.sweep.trial import beats, heartbeat, run_rung, run_trial
+from fmnist_lab.sweep.trial import heartbeat, run_rung, run_trial
 
 WAIT = "wait"  # next_work: nothing to do now, but a rung or trial in training may give some
 
