@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import optuna
 import pytest
@@ -25,10 +26,12 @@ def record() -> Record:
 
 def test_work_is_running_then_done_with_its_run(record):
     record.start("rerank:2ep:t3")
-    assert record.get("rerank:2ep:t3") | {"owner": None} == {
+    started = record.get("rerank:2ep:t3")
+    assert started | {"owner": None, "since": None} == {
         "state": "running", "owner": None, "attempt": 1, "run_id": None, "reason": None,
-        "result": None,
+        "result": None, "since": None, "beat": None,
     }  # fmt: skip
+    assert abs(started["since"] - time.time()) < 60
     assert record.get("rerank:2ep:t3")["owner"] == owner()
     assert record.done("rerank:2ep:t3") is None
     record.finish("rerank:2ep:t3", {"val_acc": 0.9}, "run-1")

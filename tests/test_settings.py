@@ -44,7 +44,10 @@ def test_every_shipped_config_is_valid():
 
 
 def not_number() -> st.SearchStrategy:
-    return st.one_of(st.text(max_size=5), st.booleans(), st.lists(st.integers(), max_size=2))
+    # No '${': OmegaConf reads it as a reference and will not even hold it (nor does Hydra's
+    # command line pass it on), so it never reaches the schema.
+    text = st.text(max_size=5).filter(lambda s: "${" not in s)
+    return st.one_of(text, st.booleans(), st.lists(st.integers(), max_size=2))
 
 
 def whole_below(low: int) -> st.SearchStrategy:

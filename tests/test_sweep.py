@@ -165,13 +165,16 @@ def finished_study(points: list[tuple[int, float]]) -> optuna.Study:
 def test_budget_finalists_are_the_frontier_chosen_on_validation():
     study = finished_study([(8_000, 0.90), (9_000, 0.89), (30_000, 0.93), (45_000, 0.925),
                             (60_000, 0.935), (90_000, 0.934), (200_000, 0.95)])  # fmt: skip
-    cfg = compose_sweep("sweep=min_params_94",
+    # A fixed-length study (with sweep.fidelity, finalists come from the top rung instead:
+    # tests/test_fidelity.py).
+    cfg = compose_sweep("sweep=min_params_94", "sweep.fidelity=null",
                         "sweep.finalists.budgets=[5000,10000,20000,50000,100000]")  # fmt: skip
     chosen = select_finalists(study, cfg.sweep)
     # 5 k: nothing fits; 10 k and 20 k: the same 8 k trial, once; 50 k: 30 k; 100 k: 60 k.
     assert [t.user_attrs["params"] for t in chosen] == [8_000, 30_000, 60_000]
     # The Pareto rule takes the most accurate Pareto-optimal trials instead: the big ones.
-    pareto = compose_sweep("sweep=min_params_94", "sweep.finalists.select=pareto",
+    pareto = compose_sweep("sweep=min_params_94", "sweep.fidelity=null",
+                           "sweep.finalists.select=pareto",
                            "sweep.finalists.top_k=2", "sweep.finalists.rerank=0")  # fmt: skip
     assert [t.user_attrs["params"] for t in select_finalists(study, pareto.sweep)] == [
         200_000, 60_000,
@@ -181,9 +184,10 @@ def test_budget_finalists_are_the_frontier_chosen_on_validation():
 def test_rerank_chooses_each_budget_by_the_longer_training():
     study = finished_study([(8_000, 0.90), (9_000, 0.89), (30_000, 0.93), (45_000, 0.925),
                             (48_000, 0.91)])  # fmt: skip
-    cfg = compose_sweep("sweep=min_params_94", "sweep.finalists.budgets=[10000,50000]",
-                        "sweep.finalists.rerank=2")  # fmt: skip
-    assert compose_sweep("sweep=min_params_94").sweep.finalists.rerank == 3  # the GPU route
+    cfg = compose_sweep("sweep=min_params_94", "sweep.fidelity=null", "sweep.finalists.rerank=2",
+                        "sweep.finalists.budgets=[10000,50000]")  # fmt: skip
+    # The sweep files rank at full length with the scheduler's top rung instead.
+    assert compose_sweep("sweep=min_params_94").sweep.fidelity.max_epochs == 30
     # What the longer training scored (by trial number): it reverses the search's order.
     longer = {0: 0.91, 1: 0.92, 2: 0.93, 3: 0.94, 4: 0.99}
     chosen = select_finalists(study, cfg.sweep, longer)
