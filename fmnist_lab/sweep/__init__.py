@@ -11,5 +11,7 @@ One module per concern, in the order a sweep meets them:
 asking for trials; `locks`, `samplers`) -> `trial` (one training) -> `progress` ->
 `finalists` -> `champion` (registry); `run` ties them together and `__main__` is the command.
 What ran is recorded in the study (`record`; docs/run_state.md) and `reconcile` brings the
-MLflow runs in line with it; `faults` is the chaos test's fault injection.
+MLflow runs in line with it; `faults` is the chaos test's fault injection. With
+`sweep.fidelity`, `fidelity` (rungs, promotions, checkpoints; the rule is `promotion`) decides
+which trial a free worker trains on next (`trial.run_rung`).
 """
