@@ -5,7 +5,9 @@ Strategies, on the same study (sweeps/search_bench.yaml: space, data, schedule):
 - `random`, `tpe`: every trial trained to the top length (`max_epochs`), random search and
   multi-objective TPE (today's sweep);
 - `asha`, `asha_random`: the multi-fidelity scheduler (`sweep.fidelity`, rungs min_epochs *
-  eta^k), new trials drawn by TPE from first-rung results, or at random as MOASHA pairs it.
+  eta^k), promoting by non-dominated sorting (MOASHA), new trials drawn by TPE from first-rung
+  results, or at random as MOASHA pairs it;
+- `asha_budgets`: the scheduler promoting by the finalists' per-budget rule, TPE.
 
 Compute is counted in epochs over the trials' training images (every rung and decayed branch
 included); each run has the same budget (`--budget` epochs: a fixed-length strategy runs
@@ -33,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-STRATEGIES = ("random", "tpe", "asha", "asha_random")
+STRATEGIES = ("random", "tpe", "asha", "asha_random", "asha_budgets")
 SIZES = {
     # A 2-core CPU: about an hour for 4 strategies x 3 repetitions, two at a time.
     "cpu": {"max_epochs": 9, "min_epochs": 1, "eta": 3, "budget": 90, "max_params": 100_000,
@@ -56,7 +58,9 @@ def strategy_overrides(name: str, size: dict, budget: int, seed: int) -> list[st
               f"sweep.finalists.epochs={top}", "sweep.finalists.seeds=0",
               "registry.enabled=false", "workers=1", "runtime.progress_bar=false"]  # fmt: skip
     if name.startswith("asha"):
-        fid = f"{{min_epochs:{size['min_epochs']},max_epochs:{top},eta:{size['eta']}}}"
+        rule = "budgets" if name == "asha_budgets" else "nondominated"
+        fid = (f"{{min_epochs:{size['min_epochs']},max_epochs:{top},eta:{size['eta']},"
+               f"rule:{rule}}}")  # fmt: skip
         return [*common, f"sweep.fidelity={fid}", "sweep.budget.n_trials=100000",
                 f"sweep.budget.compute_epochs={budget}"]  # fmt: skip
     return [*common, f"sweep.budget.epochs={top}", f"sweep.budget.n_trials={budget // top}"]
@@ -244,7 +248,7 @@ def draw(curves: dict[str, list], target: float | None, budget: int, path: Path)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = {"random": "tab:gray", "tpe": "tab:blue", "asha": "tab:red",
-               "asha_random": "tab:orange"}  # fmt: skip
+               "asha_random": "tab:orange", "asha_budgets": "tab:green"}  # fmt: skip
     for name, cs in curves.items():
         for i, c in enumerate(cs):
             xs = [0] + [p[0] for p in c]
