@@ -19,6 +19,7 @@ Resumable: a (schedule, seed) with a FINISHED run in the store is not trained ag
 from __future__ import annotations
 
 import argparse
+import fcntl
 import statistics
 from pathlib import Path
 
@@ -49,7 +50,10 @@ def main() -> None:
     store.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{store / 'mlflow.db'}"
     experiment = f"wsd_vs_onecycle_{args.epochs}ep_{args.fraction:g}"
-    client = MlflowClient(uri)
+    with open(store / ".create.lock", "w") as lock:  # two processes: one creates the store
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(uri)
+        client.search_experiments()
     scores: dict[str, list[float]] = {name: [] for name in SCHEDULES}
     for seed in range(args.seeds):
         for name, overrides in SCHEDULES.items():
