@@ -8,6 +8,7 @@ import math
 import pytest
 from hydra import compose, initialize_config_dir
 
+from fmnist_lab import settings
 from fmnist_lab.bench.search import (
     SIZES,
     STRATEGIES,
@@ -17,7 +18,7 @@ from fmnist_lab.bench.search import (
     strategy_overrides,
     to_reach,
 )
-from fmnist_lab.sweep.config import CONF_DIR, check_sweep
+from fmnist_lab.sweep.config import CONF_DIR
 
 
 def test_hypervolume_is_the_area_the_frontier_dominates():
@@ -52,7 +53,9 @@ def test_every_strategy_is_a_valid_sweep(name, size):
                  *strategy_overrides(name, spec, spec["budget"], 1)]  # fmt: skip
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("sweep", overrides=overrides)
-    check_sweep(cfg, overrides)
+    # The sweep file's schema (the sweep itself composes every choice of the space again
+    # before its first trial; test_sweep and test_settings cover that check).
+    settings.check(cfg, settings.Sweep)
     top = spec["max_epochs"]
     assert cfg.scheduler._target_.endswith("wsd")
     assert cfg.scheduler.decay_epochs == math.ceil(0.2 * top)  # the top rung's decay
