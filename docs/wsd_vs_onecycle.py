@@ -53,7 +53,8 @@ def main() -> None:
     with open(store / ".create.lock", "w") as lock:  # two processes: one creates the store
         fcntl.flock(lock, fcntl.LOCK_EX)
         client = MlflowClient(uri)
-        client.search_experiments()
+        if client.get_experiment_by_name(experiment) is None:  # artifacts beside the store
+            client.create_experiment(experiment, artifact_location=(store / "mlruns").as_uri())
     scores: dict[str, list[float]] = {name: [] for name in SCHEDULES}
     for seed in range(args.seeds):
         for name, overrides in SCHEDULES.items():
