@@ -84,6 +84,11 @@ def events(study, top: int) -> list[Event]:
     from fmnist_lab.sweep.record import Record
 
     out = []
+    rungs = {}  # trial -> its done rung records, read once (one study read, not one a trial)
+    for name, rec in Record(study).all().items():
+        parsed = fidelity.parse(name)
+        if parsed and rec["state"] == "done":
+            rungs.setdefault(parsed[0], []).append((parsed[1], rec))
     for t in study.get_trials(deepcopy=False):
         if t.datetime_complete is None:
             continue
@@ -92,14 +97,10 @@ def events(study, top: int) -> list[Event]:
         at_top = t.state == TrialState.COMPLETE and a.get("rung_epochs", top) == top
         out.append(Event(t.datetime_complete.timestamp(), epochs,
                          a.get("val_acc") if at_top else None, a.get("params")))  # fmt: skip
-        params_of = a.get("params")
-        for name, rec in Record(study).all().items():
-            parsed = fidelity.parse(name)
-            if not parsed or parsed[0] != t.number or rec["state"] != "done":
-                continue
-            val = rec["result"]["val_acc"] if parsed[1] == top else None
+        for rung, rec in rungs.get(t.number, []):
+            val = rec["result"]["val_acc"] if rung == top else None
             out.append(Event(rec["finished"], int(rec["result"]["epochs_trained"]), val,
-                             params_of))  # fmt: skip
+                             a.get("params")))  # fmt: skip
     return sorted(out, key=lambda e: e.at)
 
 
