@@ -305,3 +305,10 @@ def machines(tmp_path, data_root, cache_dir):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    """Wait for a sweep to exit 0; return what it printed (stdout, then stderr)."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    return out + err
