@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import mlflow
@@ -31,6 +31,20 @@ class MlflowEpochLogger(Logger):
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.quiet_from: int | None = None  # epochs from here on are kept in history only
         self.logged_before = 0  # and those before this one (fmnist_lab.continuation)
+        self.epoch_logged: Callable[[], None] | None = None  # after an epoch's last metrics
+
+    def preload(self) -> int:
+        """Read back what the run logged before (a killed attempt of it, resumed): its
+        per-epoch metrics into `history`, for the learning-curve plot; returns the number of
+        epochs it logged, which are not logged again."""
+        run = self.client.get_run(self.run_id)
+        logged = {p.step for p in self.client.get_metric_history(self.run_id, "train_loss")}
+        epochs = max(logged) + 1 if logged else 0
+        for key in run.data.metrics:
+            if key.startswith(("train_", "val_")) and key != "train_time_s":
+                points = self.client.get_metric_history(self.run_id, key)
+                self.history[key] = sorted((p.step, p.value) for p in points if p.step < epochs)
+        return epochs
 
     @property
     def name(self) -> str:
@@ -55,3 +69,5 @@ class MlflowEpochLogger(Logger):
         quiet = self.quiet_from is not None and epoch >= self.quiet_from
         if batch and not quiet and epoch >= self.logged_before:
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        if "train_loss" in metrics and self.epoch_logged is not None:  # the epoch's last
+            self.epoch_logged()

@@ -194,7 +194,7 @@ def reproduce(recipe: str, seeds: int, data: str | None, overrides: Sequence[str
     with the recipe's settings as they are now."""
     from mlflow import MlflowClient
 
-    from fmnist_lab.train import train  # torch and Lightning only when training
+    from fmnist_lab.train import resumable, train  # torch and Lightning only when training
 
     found = recorded(MlflowClient(), recipe, run_config(recipe, 0, data, overrides, uri), seeds)
     for seed in only or range(seeds):
@@ -208,7 +208,7 @@ def reproduce(recipe: str, seeds: int, data: str | None, overrides: Sequence[str
                   "training it again", flush=True)  # fmt: skip
         cfg = run_config(recipe, seed, data, overrides, uri)
         tags = {"reproduce": recipe, "reproduce.overrides": signature(overrides)}
-        result = train(cfg, tags=tags)
+        result = resumable(train)(cfg, tags=tags)  # a killed seed goes on from its last epoch
         acc = result.metrics.get("test_acc")
         shown = f"test accuracy {acc:.4f}" if acc is not None else "no test (test=false)"
         print(f"{recipe} seed {seed}: {shown}, {result.metrics['train_time_s']:.0f} s "

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    StrictStr,
     ValidationError,
     model_validator,
 )
@@ -84,6 +85,7 @@ class Runtime(Group):
     compile: StrictBool
     progress_bar: StrictBool
     keep_freed_memory: StrictBool
+    checkpoints: StrictStr | None = None
 
 
 class Scheduler(Group):

@@ -285,11 +285,37 @@ def tracked_run(
         nested=parent_run_id is not None,
         parent_run_id=parent_run_id,
     )
-    try:
+    with _ended():
         resolved = OmegaConf.to_container(cfg, resolve=True)
         mlflow.log_params(flatten(resolved))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         yield run
+
+
+@contextmanager
+def resumed_run(run_id: str, tags: dict[str, str],
+                parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:  # fmt: skip
+    """Reopen the run of a killed training to go on with it from its last epoch checkpoint
+    (fmnist_lab/resume.py): RUNNING again, its config and parameters as first logged, the
+    killed attempt's `failure_reason` removed; it ends as `tracked_run`'s runs do. With
+    `parent_run_id` it moves under that run (a finalist's seed under its finalist's new run)."""
+    client = mlflow.MlflowClient()
+    if parent_run_id is not None:
+        client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+    with suppress(MlflowException):  # no such tag: it was never ended with a reason
+        client.delete_tag(run_id, "failure_reason")
+    resumes = int(client.get_run(run_id).data.tags.get("resumed", "0")) + 1
+    run = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
+    with _ended():
+        mlflow.set_tags({**tags, "resumed": str(resumes)})
+        yield run
+
+
+@contextmanager
+def _ended() -> Iterator[None]:
+    """End the active run FINISHED when the block completes, KILLED on Ctrl-C, else FAILED."""
+    try:
+        yield
     except KeyboardInterrupt as err:
         release_interrupted_call(err)
         try:

@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 import mlflow
@@ -20,7 +21,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fmnist_lab import evaluate, lineage, settings, tracking
+from fmnist_lab import continuation, evaluate, lineage, resume, settings, tracking
+from fmnist_lab.continuation import EpochCheckpoint
 from fmnist_lab.data import DataModule, Splits, load_splits
 from fmnist_lab.epoch_logger import MlflowEpochLogger
 from fmnist_lab.errors import UserError, exit_cleanly
@@ -48,8 +50,10 @@ def train(
     splits: Splits | None = None,
     name: str = "{model}-{size}",
     on_result: Callable[[RunResult], None] | None = None,
-    resume_from: str | None = None,
+    resume_from: str | Path | None = None,
     run_id: str | None = None,
+    checkpoint: str | Path | None = None,
+    reopen: str | None = None,
 ) -> RunResult:
     """Train, validate every epoch, optionally test, and log it all to one MLflow run.
 
@@ -61,6 +65,9 @@ def train(
     `resume_from`: a checkpoint of fmnist_lab.continuation to train on from; `run_id`: an
     existing run to log to (a sweep's trial continued to its next rung), which keeps its
     config and parameters and ends FINISHED however the continuation ends.
+    `checkpoint`: save the training there after every epoch (fmnist_lab/resume.py); `reopen`:
+    the run of a killed attempt, resumed (from `resume_from`, its last epoch checkpoint, if
+    given), which ends as a new run would.
     """
     # Batches come from device tensors, not a DataLoader, and only epoch metrics are logged:
     # Lightning's hints about workers and logging intervals do not apply.
@@ -105,19 +112,26 @@ def train(
     sizes = {"train": len(splits.train_y), "val": len(splits.val_y), "test": len(splits.test_y)}
     if run_id is not None:
         opened = tracking.continued_run(run_id, run_tags)
+    elif reopen is not None:
+        opened = tracking.resumed_run(reopen, run_tags, parent_run_id)
     else:
         opened = tracking.tracked_run(cfg, name, run_tags, parent_run_id)
     with opened as run:
-        if run_id is None:
+        if run_id is None and reopen is None:
             tracking.log_param_count(n_params)
             mlflow.log_param("lr_effective", lr)  # optimizer.lr after lr_scaling
             lineage.log_inputs(cfg.data, splits, tested=cfg.test, fold=run_tags.get("fold"))
         logger = MlflowEpochLogger(run.info.run_id, sizes)
+        saving: list[pl.Callback] = []
+        if checkpoint is not None:
+            continuation.own(checkpoint, run.info.run_id)
+            logged_before = logger.preload() if reopen is not None else 0
+            saving.append(EpochCheckpoint(checkpoint, run.info.run_id, logged=logged_before))
         trainer = instantiate(
             cfg.trainer,
             precision=precision,
             logger=logger,
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, *saving],
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=runtime.progress_bar,
@@ -127,7 +141,10 @@ def train(
         start = time.perf_counter()
         _interruptible(trainer.fit, module, datamodule=datamodule, ckpt_path=resume_from)
         metrics = logged(trainer.callback_metrics, sizes)
-        metrics["train_time_s"] = rounded("train_time_s", time.perf_counter() - start)
+        for key, points in logger.history.items():  # resumed after its last epoch: as logged
+            metrics.setdefault(key, points[-1][1])
+        seconds = saving[0].elapsed if saving else time.perf_counter() - start
+        metrics["train_time_s"] = rounded("train_time_s", seconds)  # every attempt's epochs
         mlflow.log_metric("train_time_s", metrics["train_time_s"])
         confusion = None
         if cfg.test:
@@ -146,6 +163,20 @@ def train(
         if on_result is not None:
             on_result(result)
     return result
+
+
+def resumable(training: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """`training(cfg, ...)` as a training that saves itself after every epoch and, run again
+    after a kill, goes on from its last epoch in the same run (fmnist_lab/resume.py)."""
+
+    def run(cfg: DictConfig, tags: dict[str, str] | None = None, **kwargs) -> RunResult:
+        settings.check(cfg)  # before a lookup in the store
+        with resume.claim(cfg) as found:
+            return training(cfg, tags={**(tags or {}), resume.KEY_TAG: found.key},
+                            checkpoint=found.checkpoint, reopen=found.run_id,
+                            resume_from=found.resume_from, **kwargs)  # fmt: skip
+
+    return run
 
 
 def logged(metrics: dict[str, torch.Tensor], sizes: dict[str, int]) -> dict[str, float]:
@@ -235,7 +266,7 @@ def _interruptible(step, *args, **kwargs) -> None:
 def main(cfg: DictConfig) -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     try:
-        result = train(cfg)
+        result = resumable(train)(cfg)
     except FloatingPointError as err:  # the run is already recorded as FAILED, with the reason
         raise UserError(f"training diverged ({err}); try a lower optimizer.lr") from None
     shown = ", ".join(

@@ -10,6 +10,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
+from fmnist_lab import resume
 from fmnist_lab.models import build_model, count_params
 from fmnist_lab.reproduce import main, recipes
 
@@ -77,6 +78,11 @@ def test_seeds_are_trained_once_and_tabled_next_to_the_reported_figure(tmp_path,
     assert {r.data.params["seed"] for r in recorded} == {"0", "1"}
     assert {r.data.tags["reproduce"] for r in recorded} == {"r2_mlp"}
     assert all(r.info.status == "FINISHED" for r in recorded)
+    # Each seed saved itself after every epoch, as a resumable training does, and removed the
+    # checkpoint once it finished (a seed killed and resumed: tests/test_resume.py, on train).
+    assert len({r.data.tags[resume.KEY_TAG] for r in recorded}) == 2
+    assert not list((tmp_path / "outputs" / "checkpoints").glob("*.ckpt*"))
+    assert list((tmp_path / "outputs" / "checkpoints").glob("*.lock"))
 
     # Again for all three seeds: only the third is trained.
     again = run_cli("fmnist_lab.reproduce", "r2_mlp", "--seeds", "3", "--tracking-uri", uri,

@@ -8,15 +8,17 @@ import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import optuna
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from fmnist_lab import evaluate, measures, tracking
+from fmnist_lab import continuation, evaluate, measures, tracking
 from fmnist_lab.sweep import faults, fidelity
 from fmnist_lab.sweep.config import WorkerContext, rerank_count, trial_run_config
 from fmnist_lab.sweep.progress import log_study_summary, pareto_trials
@@ -213,6 +215,7 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
             print(f"  finalist trial {t.number}: test_acc {finalist.mean:.4f} "
                   f"+/- {finalist.std:.4f}")  # fmt: skip
     results.sort(key=lambda f: f.params)
+    fidelity.remove_checkpoints(ctx.cfg)  # every seed's, kept only while it trained
     mlflow.log_dict([f.__dict__ | {"test_acc": f.mean, "test_acc_std": f.std}
                      for f in results], "finalists.json")  # fmt: skip
     smallest = next((f for f in results if f.mean >= policy.target_acc), None)
@@ -220,6 +223,21 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
         mlflow.log_metric("smallest_params_at_target", smallest.params)
         mlflow.set_tag("smallest_at_target_trial", str(smallest.trial))
     return results
+
+
+def seed_checkpoint(cfg: DictConfig, key: str,
+                    client: MlflowClient) -> tuple[Path, str | None]:  # fmt: skip
+    """Where finalist seed `key` saves itself after each epoch, and the run of a killed
+    attempt that saved there, to resume (None: train from the start, in a new run)."""
+    path = fidelity.checkpoints_dir(cfg) / "finalists" / f"{key.replace(':', '_')}.ckpt"
+    owner = continuation.owner_of(path)
+    if owner is None:
+        return path, None
+    try:
+        status = client.get_run(owner).info.status
+    except MlflowException:  # the run is gone (another store, or deleted)
+        return path, None
+    return path, owner if status != "FINISHED" else None
 
 
 def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTrial, key: str,
@@ -263,8 +281,11 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
             seed_key = f"{key}:seed{seed}"
             if record.done(seed_key) is None:
                 seed_cfg = ctx.trial_config(t.user_attrs["overrides"], *base, f"seed={seed}")
+                saved, reopen = seed_checkpoint(ctx.cfg, seed_key, client)
                 with record.attempt(seed_key):
                     train(seed_cfg, callbacks=faults.callbacks("finalist_seed"),
+                          checkpoint=saved, reopen=reopen,
+                          resume_from=saved if reopen and saved.exists() else None,
                           parent_run_id=run.info.run_id,
                           tags={**tags, "role": "finalist_seed", "seed": str(seed),
                                 "work": seed_key},
@@ -276,6 +297,7 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
                               "model_uri": r.model_uri,
                               "confusion": None if r.confusion is None else r.confusion.tolist(),
                           }, r.run_id))  # fmt: skip
+                continuation.remove(saved)
             else:  # done by an attempt that was killed after it: it becomes this run's child
                 client.set_tag(record.get(seed_key)["run_id"], "mlflow.parentRunId",
                                run.info.run_id)  # fmt: skip
