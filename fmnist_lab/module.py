@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -48,12 +49,20 @@ class Classifier(pl.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         teacher: Teacher | None = None,
+        ema_decay: float | None = None,
+        bn_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if channels_last:
             # Convolutions run markedly faster on this layout, on CPU (oneDNN) and GPU alike.
             # The uint8 input has one channel, so it is already in this layout.
             net = net.to(memory_format=torch.channels_last)
+        # The weights' exponential moving average, updated after every optimizer step, is what
+        # validation and test see and what gets logged (its batch-norm statistics averaged
+        # alike). A submodule: checkpoints hold it, so a continued run goes on averaging.
+        self.ema = (AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
+                                  use_buffers=True) if ema_decay else None)  # fmt: skip
+        self.bn_lr_scale = bn_lr_scale
         # torch.compile: the original module keeps the weights (what gets logged and served).
         self.net = torch.compile(net) if compile else net
         self.make_optimizer = optimizer
@@ -79,8 +88,18 @@ class Classifier(pl.LightningModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for uint8 images (N x 1 x 28 x 28)."""
-        return self.net(self.normalize(x.float() / 255))
+        """Logits for uint8 images (N x 1 x 28 x 28), by the evaluated weights."""
+        return self.evaluated(self.normalize(x.float() / 255))
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The network that validation and test use, and that is logged: the weights' moving
+        average with `ema_decay`, else the weights as trained."""
+        return self.net if self.ema is None else self.ema.module
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -90,7 +109,8 @@ class Classifier(pl.LightningModule):
         x = x.float() / 255
         if stage == "train":
             x = self.augment(x)
-        logits = self.net(self.normalize(x))
+        net = self.net if stage == "train" or self.ema is None else self.ema.module
+        logits = net(self.normalize(x))
         loss = self.loss_fn(logits, y)
         if stage == "train" and self.teacher is not None:
             loss = self.teacher.blend(loss, logits, x)
@@ -144,7 +164,7 @@ class Classifier(pl.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self):
-        optimizer = self.make_optimizer(self.net.parameters())
+        optimizer = self.make_optimizer(self.param_groups())
         if self.make_scheduler is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
@@ -156,6 +176,19 @@ class Classifier(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def param_groups(self) -> list[dict]:
+        """The trained parameters; with `bn_lr_scale`, the batch-norm weights and biases in a
+        group of their own at that multiple of the learning rate (schedules scale each
+        group's rate alike)."""
+        params = list(self.net.parameters())
+        if self.bn_lr_scale == 1.0:
+            return [{"params": params}]
+        norms = {id(p) for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 for p in m.parameters()}  # fmt: skip
+        lr = self.make_optimizer.keywords["lr"] * self.bn_lr_scale
+        return [{"params": [p for p in params if id(p) not in norms]},
+                {"params": [p for p in params if id(p) in norms], "lr": lr}]  # fmt: skip
 
 
 class Teacher:

@@ -113,6 +113,12 @@ class LrScaling(BaseModel):
     base_batch_size: Count
 
 
+class Ema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decay: Annotated[Real, Field(gt=0, lt=1)] | None = None
+
+
 class Training(Group):
     """conf/train.yaml and what a run composes from it."""
 
@@ -121,6 +127,8 @@ class Training(Group):
     evaluate: StrictBool
     log_model: StrictBool
     label_smoothing: Annotated[Real, Field(ge=0, lt=1)]
+    ema: Ema = Ema()
+    bn_lr_scale: Annotated[Real, Field(gt=0)] = 1.0
     optimizer: Optimizer
     data: Data
     trainer: Trainer

@@ -100,6 +100,8 @@ def train(
         channels_last=runtime.channels_last,
         compile=runtime.compile,
         teacher=teacher,
+        ema_decay=cfg.ema.decay,
+        bn_lr_scale=cfg.bn_lr_scale,
     )
     datamodule = DataModule(splits, cfg.data.batch_size, cfg.data.eval_batch_size, cfg.seed)
 
@@ -158,7 +160,8 @@ def train(
         model_uri = None
         if cfg.log_model:
             example = splits.train_x[:2].float() / 255
-            model_uri = tracking.log_model(Predictor(net, splits.mean, splits.std), example)
+            evaluated = module.evaluated  # the moving average of the weights, with `ema`
+            model_uri = tracking.log_model(Predictor(evaluated, splits.mean, splits.std), example)
         result = RunResult(run.info.run_id, name, n_params, metrics, model_uri, confusion)
         if on_result is not None:
             on_result(result)

@@ -13,9 +13,12 @@ from fmnist_lab.train import train
 
 # Dropout, augmentation (crop + flip: the global generator) and the data order (the batches'
 # own generator) all draw random numbers: each must continue where it stopped.
+# The recipe levers too: the weights' moving average (a submodule, in the checkpoint) and the
+# batch-norm parameters' own rate (a second optimizer group).
 RUNG = ["scheduler=wsd", "scheduler.warmup_epochs=0.5", "model.dropout=0.2",
         "augmentation=crop_flip", "data.train_fraction=0.1", "data.val_size=500",
-        "log_model=false", "test=false", "runtime.threads=1"]  # fmt: skip
+        "log_model=false", "test=false", "runtime.threads=1", "ema.decay=0.99",
+        "bn_lr_scale=2"]  # fmt: skip
 
 
 def rung(make_cfg, epochs: int, decay: int, uri: str, *more: str):

@@ -83,6 +83,8 @@ TRAINING_KEYS = {
     "trainer.max_epochs": whole_below(1),
     "trainer.devices": whole_below(1).filter(lambda v: v != "auto"),
     "label_smoothing": real_outside(0, 1, True, False),
+    "ema.decay": real_outside(0, 1, False, False),
+    "bn_lr_scale": real_outside(0, math.inf, False, False),
     "seed": st.one_of(whole_below(0), st.integers(min_value=2**32)),
     "runtime.threads": whole_below(1).filter(lambda v: v is not None),
     "distill.alpha": real_outside(0, 1, True, True),
