@@ -13,22 +13,16 @@ sweep promotes by restarting at the longer length (Hyperband style) instead.
     .venv/bin/python docs/wsd_vs_onecycle.py                              # the table
     .venv/bin/python docs/wsd_vs_onecycle.py --epochs 2 --fraction 0.05  # a smoke run
 
-Resumable: a (schedule, seed) with a FINISHED run in the store is not trained again.
+Resumable: a (schedule, seed) with a FINISHED run in the store is not trained again
+(fmnist_lab/bench/arms.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
-import statistics
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from mlflow import MlflowClient
+from fmnist_lab.bench.arms import run_arms, table
 
-from fmnist_lab.train import train
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SCHEDULES = {
     "onecycle": ["scheduler=onecycle"],
     # The top rung of a multi-fidelity sweep: warm up 5 %, hold, decay over the last 20 %.
@@ -46,58 +40,16 @@ def main() -> None:
                         help="train this schedule's runs only (two processes, one each, "
                         "on two cores); run once more without it for the table")  # fmt: skip
     args = parser.parse_args()
-    store = Path(args.store).resolve()
-    store.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    experiment = f"wsd_vs_onecycle_{args.epochs}ep_{args.fraction:g}"
-    with open(store / ".create.lock", "w") as lock:  # two processes: one creates the store
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        client = MlflowClient(uri)
-        if client.get_experiment_by_name(experiment) is None:  # artifacts beside the store
-            client.create_experiment(experiment, artifact_location=(store / "mlruns").as_uri())
-    scores: dict[str, list[float]] = {name: [] for name in SCHEDULES}
-    for seed in range(args.seeds):
-        for name, overrides in SCHEDULES.items():
-            done = done_run(client, experiment, name, seed)
-            if done is None and args.only not in (None, name):
-                continue
-            if done is None:
-                with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-                    cfg = compose("train", overrides=[
-                        "experiment=best_50k", "augmentation=crop_flip",
-                        f"trainer.max_epochs={args.epochs}", f"data.train_fraction={args.fraction}",
-                        f"seed={seed}", "test=false", "log_model=false", "evaluate=false",
-                        "runtime.progress_bar=false", f"tracking.uri={uri}",
-                        f"tracking.experiment={experiment}", *overrides])  # fmt: skip
-                result = train(cfg, tags={"schedule": name, "seed": str(seed)},
-                               name=f"{name}-s{seed}")  # fmt: skip
-                done = result.metrics["val_acc"]
-            scores[name].append(done)
-            print(f"{name:9s} seed {seed}: val_acc {done:.4f}", flush=True)
+    base = ["experiment=best_50k", "augmentation=crop_flip", f"trainer.max_epochs={args.epochs}",
+            f"data.train_fraction={args.fraction}"]  # fmt: skip
+    scores = run_arms(SCHEDULES, base, args.seeds, args.store,
+                      f"wsd_vs_onecycle_{args.epochs}ep_{args.fraction:g}", args.only)  # fmt: skip
     if args.only is not None:
         return
     print(f"\n{args.epochs} epochs, train_fraction {args.fraction:g}, {args.seeds} seeds "
           f"(validation, 5,000 images):")  # fmt: skip
-    stats = {}
-    for name, values in scores.items():
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        stats[name] = (statistics.mean(values), std)
-        each = ", ".join(f"{v:.4f}" for v in values)
-        print(f"  {name:9s} {stats[name][0]:.4f} +/- {std:.4f}  ({each})")
-    gap = stats["wsd"][0] - stats["onecycle"][0]
-    spread = max(stats["wsd"][1], stats["onecycle"][1])
-    verdict = "matches" if abs(gap) <= spread else "does not match"
-    print(f"  wsd - onecycle = {gap:+.4f}; the seeds' spread {spread:.4f}: WSD {verdict} one-cycle")
-
-
-def done_run(client: MlflowClient, experiment: str, schedule: str, seed: int) -> float | None:
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id],
-                              f"tags.schedule = '{schedule}' and tags.seed = '{seed}' "
-                              "and attributes.status = 'FINISHED'")  # fmt: skip
-    return runs[0].data.metrics["val_acc"] if runs else None
+    verdict = table(scores, "onecycle")["wsd"]
+    print(f"  WSD {'matches' if verdict == 'within the spread' else 'does not match'} one-cycle")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -60,7 +60,7 @@ class Classifier(pl.LightningModule):
         # The weights' exponential moving average, updated after every optimizer step, is what
         # validation and test see and what gets logged (its batch-norm statistics averaged
         # alike). A submodule: checkpoints hold it, so a continued run goes on averaging.
-        self.ema = (AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
+        self.ema = (AveragedModel(net, multi_avg_fn=ema_with_warmup(ema_decay),
                                   use_buffers=True) if ema_decay else None)  # fmt: skip
         self.bn_lr_scale = bn_lr_scale
         # torch.compile: the original module keeps the weights (what gets logged and served).
@@ -189,6 +189,25 @@ class Classifier(pl.LightningModule):
         lr = self.make_optimizer.keywords["lr"] * self.bn_lr_scale
         return [{"params": [p for p in params if id(p) not in norms]},
                 {"params": [p for p in params if id(p) in norms], "lr": lr}]  # fmt: skip
+
+
+def ema_with_warmup(decay: float) -> Callable:
+    """An exponential moving average for `AveragedModel` whose decay at its n-th update is
+    min(decay, (1 + n) / (10 + n)) (TensorFlow's and timm's warm-up): the average of a short
+    run, a sweep's one-epoch rung, is not mostly its initial weights. Integer buffers (batch
+    norm's step counter) take the current value."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        steps = float(n)
+        rate = min(decay, (1 + steps) / (10 + steps))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - rate)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update
 
 
 class Teacher:

@@ -31,13 +31,14 @@ def test_the_moving_average_is_the_hand_computed_one():
         optimizer.step()
         module.on_train_batch_end(None, None, step)
         now = net.state_dict()
-        for k, v in expected.items():  # the first update copies; then decay * old + rest * new
-            if v.is_floating_point():
-                expected[k] = now[k].clone() if step == 0 else 0.9 * v + 0.1 * now[k]
+        # The first update copies; the n-th after it keeps d = min(0.9, (1 + n) / (10 + n)).
+        d = min(0.9, (1 + step) / (10 + step))
+        for k, v in expected.items():
+            expected[k] = now[k].clone() if step == 0 or not v.is_floating_point() else (
+                d * v + (1 - d) * now[k])  # fmt: skip
     averaged = module.ema.module.state_dict()
     for k, v in expected.items():
-        if v.is_floating_point():
-            assert torch.allclose(averaged[k], v, atol=1e-6), k
+        assert torch.allclose(averaged[k].double(), v.double(), atol=1e-6), k
     assert not torch.equal(averaged["0.weight"], net.state_dict()["0.weight"])
     assert module.evaluated is module.ema.module
 
