@@ -228,10 +228,11 @@ def run_finalists(cfg, overrides: list[str], study: optuna.Study, parent_id: str
 def seed_checkpoint(cfg: DictConfig, key: str,
                     client: MlflowClient) -> tuple[Path, str | None]:  # fmt: skip
     """Where finalist seed `key` saves itself after each epoch, and the run of a killed
-    attempt that saved there, to resume (None: train from the start, in a new run)."""
+    attempt that saved an epoch there, to resume (None: train from the start, in a new run;
+    the cut attempt's run stays as the record ended it)."""
     path = fidelity.checkpoints_dir(cfg) / "finalists" / f"{key.replace(':', '_')}.ckpt"
     owner = continuation.owner_of(path)
-    if owner is None:
+    if owner is None or not path.exists():
         return path, None
     try:
         status = client.get_run(owner).info.status
@@ -285,7 +286,7 @@ def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTr
                 with record.attempt(seed_key):
                     train(seed_cfg, callbacks=faults.callbacks("finalist_seed"),
                           checkpoint=saved, reopen=reopen,
-                          resume_from=saved if reopen and saved.exists() else None,
+                          resume_from=saved if reopen else None,
                           parent_run_id=run.info.run_id,
                           tags={**tags, "role": "finalist_seed", "seed": str(seed),
                                 "work": seed_key},
