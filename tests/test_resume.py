@@ -21,11 +21,11 @@ from fmnist_lab import resume
 
 from .conftest import default_sigint, run_cli
 
-EPOCHS = 4
+EPOCHS = 3
 TRAIN = [
     f"trainer.max_epochs={EPOCHS}", "trainer.precision=32-true", "runtime.threads=1",
     "runtime.progress_bar=false", "model.dropout=0.2", "augmentation=crop_flip",
-    "data.train_fraction=0.5", "data.val_size=500", "evaluate=false",
+    "data.train_fraction=0.4", "data.val_size=500", "evaluate=false",
 ]  # fmt: skip
 
 
