@@ -56,10 +56,12 @@ def key(cfg: DictConfig) -> str:
 
 @contextmanager
 def claim(cfg: DictConfig) -> Iterator[Resume]:
-    """What `cfg`'s training resumes from (tracking configured first); the checkpoint is
-    removed once the block completes (the run finished). Without `runtime.checkpoints`,
-    nothing is saved or resumed."""
-    tracking.configure(cfg.tracking.uri, cfg.tracking.experiment)
+    """What `cfg`'s training resumes from; the checkpoint is removed once the block completes
+    (the run finished). Without `runtime.checkpoints`, nothing is saved or resumed. The store
+    is only read here, and not at all when it does not exist yet: a training refused for bad
+    input afterwards (a model that cannot be built, missing data) has recorded nothing."""
+    if cfg.tracking.uri:
+        mlflow.set_tracking_uri(cfg.tracking.uri)
     k = key(cfg)
     folder = cfg.runtime.get("checkpoints")
     if not folder:
@@ -91,9 +93,16 @@ def claim(cfg: DictConfig) -> Iterator[Resume]:
 
 def unfinished(experiment: str, k: str) -> str | None:
     """The newest run of `experiment` tagged `resume_key` = `k` that a killed process left
-    (RUNNING or KILLED); older ones of the kind are ended FAILED (superseded)."""
+    (RUNNING or KILLED); older ones of the kind are ended FAILED (superseded). None also when
+    the store cannot be read: the training then says why, in one sentence, as it starts."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None  # no store yet, so no run: do not create one by looking
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
+    try:
+        exp = client.get_experiment_by_name(experiment)
+    except Exception:  # an unreachable server, a broken store: train() names the problem
+        return None
     if exp is None:
         return None
     runs = tracking.all_runs(client, [exp.experiment_id], f"tags.{KEY_TAG} = '{k}'")

@@ -134,3 +134,15 @@ def test_a_finalist_seed_killed_mid_training_resumes_in_its_own_run(small_data, 
     assert len(finished) == 1 and len(finalists) == 2  # the cut attempt's run, and the new one
     assert seed.data.tags["mlflow.parentRunId"] == finished[0].info.run_id
     assert not folder.parent.exists()  # no checkpoint outlives the sweep
+
+
+def test_a_refused_training_records_nothing_by_looking_for_one_to_resume(small_data, tmp_path):
+    # The lookup for a killed attempt reads the store only if it exists: a model that cannot
+    # be built is refused after it, and there is still no store at all.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli("fmnist_lab.train", *small_data.cfg_overrides(), f"tracking.uri={uri}",
+                     "model.filters=[58,8]", "model.residual=true", "model.shortcut=pad",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and "cannot be built" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
