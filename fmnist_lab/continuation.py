@@ -55,9 +55,13 @@ class StableCheckpoint(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.path is None or trainer.current_epoch + 1 != self.at:
             return
+        self.save()
+
+    def save(self) -> None:
+        """The run, to `path` (under a temporary name first, so that the file is whole)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        trainer.save_checkpoint(partial)
+        self.trainer.save_checkpoint(partial)
         os.replace(partial, self.path)
 
     def state_dict(self) -> dict[str, Any]:
@@ -105,11 +109,6 @@ class EpochCheckpoint(StableCheckpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pass  # (see setup)
-
-    def save(self) -> None:
-        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.trainer.save_checkpoint(partial)
-        os.replace(partial, self.path)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "elapsed": self.elapsed, "run_id": self.run_id}
