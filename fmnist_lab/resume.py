@@ -93,9 +93,13 @@ def claim(cfg: DictConfig) -> Iterator[Resume]:
 
 def unfinished(experiment: str, k: str) -> str | None:
     """The newest run of `experiment` tagged `resume_key` = `k` that a killed process left
-    (RUNNING or KILLED); older ones of the kind are ended FAILED (superseded). None also when
-    the store cannot be read: the training then says why, in one sentence, as it starts."""
+    (RUNNING or KILLED); older ones of the kind are ended FAILED (superseded). A store that
+    cannot be used is a UserError here, before anything is recorded."""
     uri = mlflow.get_tracking_uri()
+    # One sentence, at once, for a server that does not answer (MLflow's client would retry
+    # for minutes) or a damaged store (SQLAlchemy's traceback): the same checks as train's.
+    tracking.check_server(uri)
+    tracking.check_local_store(uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None  # no store yet, so no run: do not create one by looking
     client = mlflow.MlflowClient()
