@@ -14,6 +14,26 @@
 #   bash docs/gpu_session.sh unpack DIR   # here: that store into ./mlflow.db and ./mlruns/,
 #                                         # then reproduce --table-only for each job
 #
+# The search from scratch instead of the job list (issue 31): `study` runs the sweep
+# min_params_94 (multi-fidelity, nothing enqueued) on the GPU, the 500 k budget first, and
+# returns outputs/gpu_study/ (Optuna journal, mlflow.db) and mlruns/ as study.tar.gz.part-*,
+# with study.txt (the report's table and every trial: commit it at once).
+#   device run: command "bash docs/gpu_session.sh study", carry [".whl", ".gpu_data"],
+#               timeout_s 590
+#   bash docs/gpu_session.sh unstudy DIR  # here: outputs/gpu_study/ and mlruns/ from the
+#       pieces, and the report. A next device call with carry [".whl", ".gpu_data",
+#       "outputs/gpu_study", "mlruns"] and the same command resumes the study where it stopped.
+#
+# The search from scratch instead of the job list (issue 31): `study` runs the sweep
+# min_params_94 (multi-fidelity, nothing enqueued) on the GPU for STUDY_S seconds, the 500 k
+# budget first (STUDY_BUDGETS), and returns outputs/gpu_study/ (the Optuna journal, mlflow.db,
+# mlruns/) as study.tar.gz.part-* and study.txt (its trials and finalists: commit at once).
+#   device run: command "bash docs/gpu_session.sh study", carry [".whl", ".gpu_data"],
+#               timeout_s 590
+#   bash docs/gpu_session.sh unstudy DIR  # here: outputs/gpu_study/ from those pieces; the
+#               # next device call carries it too (carry [".whl", ".gpu_data",
+#               # "outputs/gpu_study"]) and the same `study` resumes the study where it stopped
+#
 # SMOKE=1 PY=.venv/bin/python ... run: the same jobs on this CPU on 2 % of the images (the
 # real runs: one epoch), to check the script end to end before device time is spent on it;
 # add CALIBRATE_EPOCHS=2 TRAIN_END_S=1500 so that the CPU's slower epochs are not stopped.
@@ -111,12 +131,10 @@ wait_all() {
   echo "$1 done at +$((SECONDS - t0)) s, $failed of $2 failed"
 }
 
-run() {
+# The GPU machine's Python with this checkout and the wheels of `fetch`; the data of .gpu_data.
+setup() {
   t0=$SECONDS
   py=${PY:-python3}
-  local out=${OUT:-outputs/gpu_session}
-  logs=outputs/gpu_session/logs
-  mkdir -p "$out" "$logs"
   if [ -d .whl ] && [ -z "${PY:-}" ]; then
     # The machine's torch (2.11) is older than pyproject's floor: the package runs from the
     # checkout, its missing dependencies from the wheels.
@@ -125,16 +143,25 @@ run() {
     export PYTHONPATH=/tmp/site:$PWD
   fi
   [ -d .gpu_data ] && export FMNIST_LAB_DATA=${FMNIST_LAB_DATA:-$PWD/.gpu_data}
-  export MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db PYTHONUNBUFFERED=1
+  export PYTHONUNBUFFERED=1
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $py -c "import torch, pytorch_lightning as pl, mlflow; print('torch', torch.__version__, \
+'cuda', torch.cuda.is_available(), 'lightning', pl.__version__, 'mlflow', mlflow.__version__)"
+  echo "set up at +$((SECONDS - t0)) s, $(nproc) CPU cores"
+}
+
+run() {
+  setup
+  local out=${OUT:-outputs/gpu_session}
+  logs=outputs/gpu_session/logs
+  mkdir -p "$out" "$logs"
+  export MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db
   local extra=(runtime.threads=1 runtime.progress_bar=false) processes=0 job
   [ "${SMOKE:-0}" = 1 ] && extra+=(data.train_fraction=0.02)
   for job in "${JOBS[@]}"; do
     IFS='|' read -r _ seeds _ <<<"$job"; processes=$((processes + $(wc -w <<<"$seeds")))
   done
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  $py -c "import torch, pytorch_lightning as pl, mlflow; print('torch', torch.__version__, \
-'cuda', torch.cuda.is_available(), 'lightning', pl.__version__, 'mlflow', mlflow.__version__)"
-  echo "set up at +$((SECONDS - t0)) s; $processes processes, $(nproc) CPU cores"
+  echo "$processes processes"
 
   pids=()
   rm -f calibrate.db
@@ -207,24 +234,29 @@ EOF
   echo "ended at +$((SECONDS - t0)) s"
 }
 
-unpack() {
-  local dir=${1:?unpack needs the folder the files of the device call came back in}
-  [ -e mlflow.db ] && { echo "./mlflow.db exists: move it away first" >&2; exit 2; }
-  cat "$dir"/store.tar.gz.part-* | tar -xzf -
-  # The store names its artifacts by the device's absolute paths; here they lie in ./mlruns.
-  .venv/bin/python - <<'EOF'
-import os, sqlite3
-db = sqlite3.connect("mlflow.db")
+# A store made in another checkout names its artifacts (./mlruns there) by that checkout's
+# absolute path: rewrite them to this one's. $1: the SQLite file, $2: the Python to use.
+relocate() {
+  "$2" - "$1" <<'EOF'
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
 (root,) = db.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()
 old, new = root.removeprefix("file://").rsplit("/mlruns", 1)[0], os.getcwd()
 for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
     for _, column, kind, *_ in db.execute(f"PRAGMA table_info({table})").fetchall():
-        if kind.upper().startswith(("TEXT", "VARCHAR")):
+        if old != new and kind.upper().startswith(("TEXT", "VARCHAR")):
             db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) "
                        f"WHERE {column} LIKE ?", (old, new, f"%{old}%"))
 db.commit()
 print(f"artifact paths: {old} -> {new}")
 EOF
+}
+
+unpack() {
+  local dir=${1:?unpack needs the folder the files of the device call came back in}
+  [ -e mlflow.db ] && { echo "./mlflow.db exists: move it away first" >&2; exit 2; }
+  cat "$dir"/store.tar.gz.part-* | tar -xzf -
+  relocate mlflow.db .venv/bin/python
   # The epochs the calibration chose: the last line of calibration.txt.
   local epochs recipe seeds sets
   epochs=$(tail -n 1 "$dir/calibration.txt")
@@ -237,9 +269,69 @@ EOF
   done
 }
 
+# The study from scratch: min_params_94 as its sweep file has it but the finalists' budgets
+# (STUDY_BUDGETS, the 500 k target's first) and trial models (not logged: the store must come
+# back in one call), WORKERS workers sharing the GPU, searching for SEARCH_S seconds; the
+# command is interrupted (SIGINT: the sweep's own clean stop) at STUDY_S, so what it did comes
+# back and the next call's `study` resumes it. SMOKE=1: a few trials on 2 % of the images, to
+# check this end to end on a CPU.
+export STUDY_S=${STUDY_S:-500} SEARCH_S=${SEARCH_S:-300} WORKERS=${WORKERS:-8}
+export STUDY_BUDGETS=${STUDY_BUDGETS:-[500000]}
+
+study() {
+  setup
+  local out=${OUT:-outputs/gpu_study_out} dir=outputs/gpu_study
+  mkdir -p "$out" "$dir"
+  [ -e "$dir/mlflow.db" ] && relocate "$dir/mlflow.db" "$py"  # carried from an earlier call
+  export MLFLOW_TRACKING_URI=sqlite:///$PWD/$dir/mlflow.db
+  local args=(sweep=min_params_94 "workers=$WORKERS" "output_dir=$dir" runtime.progress_bar=false
+    "sweep.finalists.budgets=$STUDY_BUDGETS" sweep.log_models=false
+    "sweep.budget.timeout_s=$SEARCH_S")
+  if [ "${SMOKE:-0}" = 1 ]; then
+    args+=(sweep.budget.train_fraction=0.02 sweep.budget.n_trials=4
+      "sweep.fidelity={min_epochs:1,max_epochs:3,eta:3}" sweep.finalists.epochs=1
+      sweep.finalists.seeds=1 "sweep.finalists.overrides=[data.val_size=0,data.train_fraction=0.02,test=true,log_model=true]")
+  else
+    args+=(trainer.accelerator=gpu trainer.precision=bf16-mixed)
+  fi
+  local left=$((STUDY_S - (SECONDS - t0))) rc=0
+  echo "the study: ${args[*]}; stopped at +$STUDY_S s"
+  timeout -s INT -k 60 "$left" "$py" -m fmnist_lab.sweep "${args[@]}" >"$dir/sweep.log" 2>&1 \
+    || rc=$?
+  tail -n 25 "$dir/sweep.log"
+  echo "sweep exit $rc (124 or 130: stopped at the time limit; the next call resumes)"
+  # What ran, small enough to commit at once: the report's table and every trial.
+  "$py" -m fmnist_lab.report --study min_params_94 --format markdown --no-log \
+    --output "$out/report" >"$out/study.txt" 2>&1 || true
+  "$py" - "$dir/optuna.journal" >>"$out/study.txt" 2>&1 <<'EOF' || true
+import sys, optuna
+storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(sys.argv[1]))
+study = optuna.load_study(study_name="min_params_94", storage=storage)
+print("\ntrial state params val_acc (top rung reached) overrides")
+for t in study.trials:
+    a = t.user_attrs
+    print(t.number, t.state.name, a.get("params"), a.get("val_acc"), " ".join(a.get("overrides", [])))
+EOF
+  tar -czf - "$dir" $([ -d mlruns ] && echo mlruns) | split -b 15M - "$out/study.tar.gz.part-"
+  ls -l "$out"
+  echo "ended at +$((SECONDS - t0)) s"
+}
+
+unstudy() {
+  local dir=${1:?unstudy needs the folder the files of the device call came back in}
+  [ -e outputs/gpu_study ] && { echo "outputs/gpu_study exists: move it away first" >&2; exit 2; }
+  cat "$dir"/study.tar.gz.part-* | tar -xzf -
+  relocate outputs/gpu_study/mlflow.db .venv/bin/python
+  .venv/bin/python -m fmnist_lab.report --study min_params_94 --no-log \
+    --tracking-uri "sqlite:///$PWD/outputs/gpu_study/mlflow.db"
+}
+
 case ${1:-} in
   fetch) fetch ;;
   run) run ;;
   unpack) unpack "${2:-}" ;;
-  *) echo "usage: bash docs/gpu_session.sh fetch | run | unpack DIR" >&2; exit 2 ;;
+  study) study ;;
+  unstudy) unstudy "${2:-}" ;;
+  *) echo "usage: bash docs/gpu_session.sh fetch | run | unpack DIR | study | unstudy DIR" >&2
+     exit 2 ;;
 esac
