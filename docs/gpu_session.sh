@@ -290,7 +290,8 @@ study() {
   if [ "${SMOKE:-0}" = 1 ]; then
     args+=(sweep.budget.train_fraction=0.02 sweep.budget.n_trials=4
       "sweep.fidelity={min_epochs:1,max_epochs:3,eta:3}" sweep.finalists.epochs=1
-      sweep.finalists.seeds=1 "sweep.finalists.overrides=[data.val_size=0,data.train_fraction=0.02,test=true,log_model=true]")
+      sweep.finalists.seeds=1
+      'sweep.finalists.overrides=["data.val_size=0","data.train_fraction=0.02",test=true,log_model=true]')
   else
     args+=(trainer.accelerator=gpu trainer.precision=bf16-mixed)
   fi
@@ -299,7 +300,11 @@ study() {
   timeout -s INT -k 60 "$left" "$py" -m fmnist_lab.sweep "${args[@]}" >"$dir/sweep.log" 2>&1 \
     || rc=$?
   tail -n 25 "$dir/sweep.log"
-  echo "sweep exit $rc (124 or 130: stopped at the time limit; the next call resumes)"
+  case $rc in
+    0) echo "the study ended" ;;
+    124 | 130) echo "the study stopped at the time limit; the next call resumes it" ;;
+    *) echo "the sweep failed (exit $rc): its log above" >&2 ;;
+  esac
   # What ran, small enough to commit at once: the report's table and every trial.
   "$py" -m fmnist_lab.report --study min_params_94 --format markdown --no-log \
     --output "$out/report" >"$out/study.txt" 2>&1 || true
