@@ -289,7 +289,7 @@ study() {
     "sweep.budget.timeout_s=$SEARCH_S")
   if [ "${SMOKE:-0}" = 1 ]; then
     args+=(sweep.budget.train_fraction=0.02 sweep.budget.n_trials=4
-      "sweep.fidelity={min_epochs:1,max_epochs:3,eta:3}" sweep.finalists.epochs=1
+      "sweep.fidelity={min_epochs:1,max_epochs:3,eta:3}" sweep.finalists.epochs=3
       sweep.finalists.seeds=1
       'sweep.finalists.overrides=["data.val_size=0","data.train_fraction=0.02","test=true","log_model=true"]')
   else
