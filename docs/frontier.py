@@ -6,6 +6,7 @@ study record when its runs ended; their MLflow stores do not all outlive the ses
 ran them); the public figures are conf/report.yaml's, those with a parameter count.
 
     python docs/frontier.py                 # the tables (Markdown) and docs/img/frontier_*.png
+    python docs/frontier.py --update        # also into docs/results.md, between its markers
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fmnist_lab.measures import mean_and_std  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ROWS = HERE / "studies" / "frontier.yaml"
 PUBLIC = HERE.parent / "conf" / "report.yaml"
+RESULTS = HERE / "results.md"
 TEST_IMAGES = 10_000
 STYLE = {  # source -> marker, colour, legend, the table's word
     "search": ("o", "tab:blue", "found by the search from scratch (multi-fidelity)", "search"),
@@ -101,13 +103,21 @@ def plot(rows: list[dict], dataset: str, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "img")
+    parser.add_argument("--update", action="store_true", help=f"write the tables into {RESULTS}")
     args = parser.parse_args()
     everything = OmegaConf.to_container(OmegaConf.load(ROWS))
+    page = RESULTS.read_text()
     for dataset, rows in everything.items():
         drawn = measured(rows) + public(dataset)
         path = args.out / f"frontier_{dataset}.png"
         plot(drawn, dataset, path)
-        print(f"## {dataset} ({path.relative_to(HERE.parent)})\n\n{table(drawn)}\n")
+        print(f"## {dataset} ({path.name})\n\n{table(drawn)}\n")
+        start, end = f"<!-- frontier:{dataset} -->\n", f"<!-- /frontier:{dataset} -->"
+        if args.update and start in page:
+            before, rest = page.split(start, 1)
+            page = before + start + table(drawn) + "\n" + end + rest.split(end, 1)[1]
+    if args.update:
+        RESULTS.write_text(page)
 
 
 if __name__ == "__main__":
