@@ -32,7 +32,7 @@ def runs(uri: str) -> list:
 
 
 def test_every_reference_of_the_issue_has_a_recipe_with_its_reported_figures():
-    found = {name: cfg for name, cfg in recipes().items() if not name.startswith("best_")}
+    found = {n: cfg for n, cfg in recipes().items() if not n.startswith(("best_", "search_"))}
     assert set(found) == {"r1_mlp", "r2_mlp", "r3_cnn", "r5_conv2dnet", "r5_inception_cnn",
                           "r5_conv2dsimple", "r5_conv2dsimple2", "r5_conv2dsimple3"}  # fmt: skip
     reported = {name: cfg.reference for name, cfg in found.items()}
@@ -42,13 +42,14 @@ def test_every_reference_of_the_issue_has_a_recipe_with_its_reported_figures():
 
 
 def test_the_frontier_winners_build_the_model_they_claim_within_their_budget():
-    winners = {name: cfg for name, cfg in recipes().items() if name.startswith("best_")}
-    assert {"best_50k", "best_500k", "best_10k_mnist"} <= set(winners)
+    # best_*: hand-made; search_*: the search's own finalists (a test figure once measured)
+    winners = {n: cfg for n, cfg in recipes().items() if n.startswith(("best_", "search_"))}
+    assert {"best_50k", "best_500k", "best_10k_mnist", "search_50k_cpu"} <= set(winners)
     for name, cfg in winners.items():
-        budget = int(re.match(r"best_(\d+)k", name).group(1)) * 1000
+        budget = int(re.match(r"(?:best|search)_(\d+)k", name).group(1)) * 1000
         params = count_params(build_model(cfg.model))
         assert params == cfg.reference.params <= budget, name
-        assert 0 < cfg.reference.test_acc < 1, name
+        assert cfg.reference.test_acc is None or 0 < cfg.reference.test_acc < 1, name
     assert winners["best_10k_mnist"].data.name == "mnist"
     assert winners["best_50k"].data.name == winners["best_500k"].data.name == "fashion_mnist"
 
