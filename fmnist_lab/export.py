@@ -10,6 +10,12 @@ which the finalist's training config differs from them, less what belongs to a m
 folders, threads, the tracking store) and the seed. Its `reference:` block holds the
 finalist's measured test accuracy, so `python -m fmnist_lab.reproduce NAME --seeds 3` trains
 the seeds again and prints them next to the recorded figure.
+
+With `--chosen`, the trials the sweep chooses as finalists are exported before they are
+trained (a search that ends in one sitting, whose long finalists train elsewhere or later:
+`reproduce NAME --seeds 3`, one process per seed): the same rule on the study's trials, and
+the training config the sweep would give their seeds, built from the trial's own
+`config.yaml`. Its `reference:` holds the validation accuracy it was chosen by, no test figure.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import os
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +72,66 @@ def pick(runs: Sequence[Run], max_params: int) -> Run | None:
         key=lambda r: ("rerank_val_acc" in r.data.metrics, selection_val(r),
                        -r.data.metrics["params"]),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A trial the sweep chooses as a finalist, not trained as one yet."""
+
+    trial: int
+    params: int
+    val_acc: float
+    run_id: str  # the trial's own run (its config.yaml)
+    config: dict  # what the sweep's finalist seeds train
+
+
+def chosen(client: MlflowClient, study: str) -> list[Chosen]:
+    """The study's finalists as the sweep chooses them (sweep.finalists, validation only),
+    each with the training config its seeds would get."""
+    import mlflow
+    import yaml
+    from omegaconf import OmegaConf
+
+    from fmnist_lab import tracking
+    from fmnist_lab.report.runs import study_parent
+    from fmnist_lab.report.study import load_optuna_study
+    from fmnist_lab.sweep import fidelity
+    from fmnist_lab.sweep.finalists import rerank_count, select_finalists
+
+    parent = study_parent(client, study)
+    optuna_study = load_optuna_study(parent, None)
+    if optuna_study is None:
+        storage = parent.data.tags.get("optuna.storage")
+        raise UserError(f"the Optuna study of '{study}' cannot be read at {storage}; run "
+                        f"export where the sweep ran")  # fmt: skip
+    parent_id = parent.info.run_id
+    files = [a.path for a in client.list_artifacts(parent_id) if a.path.startswith("sweep_")]
+    spec = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{parent_id}/{files[0]}"))
+    policy = spec.finalists
+    if rerank_count(policy):
+        raise UserError(f"study '{study}' chooses its finalists after a rerank; export them "
+                        f"once they are trained (without --chosen)")  # fmt: skip
+    fid = fidelity.of(spec)
+    extra = [*(fid.overrides(policy.epochs) if fid else []), *policy.overrides,
+             f"trainer.max_epochs={policy.epochs}"]  # fmt: skip
+    settings = []
+    for item in extra:
+        key, _, value = item.partition("=")
+        if (CONF / key).is_dir():  # a config group: the trial's own must already be it
+            if key != "scheduler" or value != "wsd" or fid is None:
+                raise UserError(f"sweep.finalists.overrides chooses '{item}'; export the "
+                                f"finalists once they are trained (without --chosen)")  # fmt: skip
+            continue
+        settings.append(item)
+    out = []
+    for t in select_finalists(optuna_study, spec):
+        run_id = t.user_attrs["mlflow_run_id"]
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+        config = OmegaConf.create(tracking.current_config(yaml.safe_load(text)))
+        config = OmegaConf.merge(config, OmegaConf.from_dotlist(settings))
+        out.append(Chosen(t.number, int(t.user_attrs["params"]), float(t.user_attrs["val_acc"]),
+                          run_id, OmegaConf.to_container(config, resolve=True)))  # fmt: skip
+    return out
 
 
 def finalist_config(run: Run) -> DictConfig:
@@ -128,6 +195,35 @@ def difference(config: dict, base: dict) -> dict:
 
 def experiment_text(name: str, budget: int, config: dict, run: Run, study: str) -> str:
     """The experiment file of one finalist."""
+    accs = json.loads(run.data.tags["test_accs"])
+    trial = run.data.tags.get("optuna.trial", "?")
+    reference = {
+        "label": f"{name} (study {study}, trial {trial})",
+        "params": int(run.data.metrics["params"]),
+        "test_acc": round(statistics.fmean(accs), 6),
+    }
+    provenance = (f"Trial {trial} of study '{study}' (run {run.info.run_id}), the most accurate "
+                  f"on validation ({selection_val(run):.2%}) within {budget:,} parameters: "
+                  f"fmnist-lab export.")  # fmt: skip
+    return experiment_file(config, reference, provenance)
+
+
+def chosen_text(name: str, budget: int, pick: Chosen, study: str) -> str:
+    """The experiment file of a finalist the sweep chose but has not trained."""
+    reference = {
+        "label": f"{name} (study {study}, trial {pick.trial})",
+        "params": pick.params,
+        "val_acc": round(pick.val_acc, 6),
+        "test_acc": None,
+    }
+    provenance = (f"Trial {pick.trial} of study '{study}' (run {pick.run_id}), chosen on "
+                  f"validation ({pick.val_acc:.2%}) within {budget:,} parameters, before its "
+                  f"seeds trained: fmnist-lab export --chosen.")  # fmt: skip
+    return experiment_file(pick.config, reference, provenance)
+
+
+def experiment_file(config: dict, reference: dict, provenance: str) -> str:
+    """`config` as the config groups it builds on and the settings it changes in them."""
     import yaml
 
     from fmnist_lab import tracking
@@ -136,19 +232,10 @@ def experiment_text(name: str, budget: int, config: dict, run: Run, study: str) 
     choices = group_choices(config)
     base = _compose([f"{g}={c}" for g, c in choices.items()])
     body = difference(config, base)
-    accs = json.loads(run.data.tags["test_accs"])
-    params = int(run.data.metrics["params"])
-    mean = statistics.fmean(accs)
-    trial = run.data.tags.get("optuna.trial", "?")
-    body["reference"] = {
-        "label": f"{name} (study {study}, trial {trial})",
-        "params": params,
-        "test_acc": round(mean, 6),
-    }
+    body["reference"] = reference
     header = [
         "# @package _global_",
-        f"# Trial {trial} of study '{study}' (run {run.info.run_id}), the most accurate on "
-        f"validation ({selection_val(run):.2%}) within {budget:,} parameters: fmnist-lab export.",
+        f"# {provenance}",
         "defaults:",
         *(f"  - override /{group}: {choice}" for group, choice in choices.items()),
         "",
@@ -178,6 +265,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=CONF / "experiment",
                         help="folder of the files (default: conf/experiment)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace existing files")
+    parser.add_argument(
+        "--chosen",
+        action="store_true",
+        help="the trials the sweep chooses as finalists, before they train",
+    )
     return parser.parse_args(argv)
 
 
@@ -194,21 +286,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
     client = MlflowClient()
-    runs = finalists(client, args.study)
-    if not runs:
-        raise UserError(f"study '{args.study}' has no finished finalists yet")
+    picks = chosen(client, args.study) if args.chosen else []
+    runs = [] if args.chosen else finalists(client, args.study)
+    if not (picks or runs):
+        raise UserError(f"study '{args.study}' has no " + ("trial at its top rung yet"
+                        if args.chosen else "finished finalists yet (--chosen: the trials "
+                        "the sweep chooses, before they train)"))  # fmt: skip
     texts = {}
     for name, budget in budgets:
         path = args.out / f"{name}.yaml"
         if path.exists() and not args.force:
             raise UserError(f"{path} exists; --force replaces it")
-        run = pick(runs, budget)
-        if run is None:
-            smallest = min(int(r.data.metrics["params"]) for r in runs)
+        if args.chosen:
+            within = [p for p in picks if p.params <= budget]
+            found = max(within, key=lambda p: (p.val_acc, -p.params), default=None)
+            sizes = [p.params for p in picks]
+        else:
+            found = pick(runs, budget)
+            sizes = [int(r.data.metrics["params"]) for r in runs]
+        if found is None:
             raise UserError(f"no finalist of '{args.study}' has at most {budget:,} parameters "
-                            f"(the smallest has {smallest:,})")  # fmt: skip
-        texts[path] = experiment_text(name, budget, OmegaConf.to_container(
-            finalist_config(run), resolve=True), run, args.study)  # fmt: skip
+                            f"(the smallest has {min(sizes):,})")  # fmt: skip
+        if args.chosen:
+            texts[path] = chosen_text(name, budget, found, args.study)
+        else:
+            config = OmegaConf.to_container(finalist_config(found), resolve=True)
+            texts[path] = experiment_text(name, budget, config, found, args.study)
     args.out.mkdir(parents=True, exist_ok=True)
     for path, text in texts.items():  # written only once every budget has its finalist
         path.write_text(text)

@@ -368,6 +368,25 @@ def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(s
         assert reference["params"] == run.data.metrics["params"]
         assert reference["test_acc"] == pytest.approx(sum(accs) / len(accs), abs=1e-6)
 
+    # --chosen: the same two, from the study's trials as the sweep chooses them, before any
+    # finalist trained: the config built from each trial's own run is the one its seeds got.
+    result = run_cli("fmnist_lab.export", *args, "--chosen", f"chosen_small={budget}",
+                     "chosen_any=1e7", cwd=study_dir)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name, run in (("chosen_small", smallest), ("chosen_any", on_val)):
+        text = (out / f"{name}.yaml").read_text()
+        assert "before its seeds trained: fmnist-lab export --chosen" in text.splitlines()[1]
+        with initialize_config_dir(config_dir=str(export.CONF), version_base="1.3"):
+            cfg = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path}]",
+                                              f"experiment={name}"])  # fmt: skip
+        composed = OmegaConf.to_container(cfg, resolve=True)
+        reference = composed.pop("reference")
+        recorded = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
+        original = OmegaConf.to_container(OmegaConf.create(recorded), resolve=True)
+        assert tracking.drop_machine_keys(composed) == tracking.drop_machine_keys(original)
+        assert reference["test_acc"] is None
+        assert reference["val_acc"] == pytest.approx(run.data.metrics["val_acc"], abs=1e-6)
+
     # Refusals: one line, exit 2, and no file written unless every budget has its finalist.
     for extra, message in [
         (("best_small=1000",), f"{out / 'best_small.yaml'} exists; --force replaces it"),
