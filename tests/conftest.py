@@ -312,3 +312,23 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
     return out + err
+
+
+def exported_vs_trained(folder: Path, name: str, run_id: str, uri: str) -> tuple[dict, dict, dict]:
+    """Experiment `name` written into `folder` by `export`, composed as `train experiment=NAME`
+    composes it (without its `reference:`), the config run `run_id` trained with, both less
+    the machine's keys, and the reference."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from fmnist_lab import export, tracking
+
+    with initialize_config_dir(config_dir=str(export.CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.searchpath=[file://{folder.parent}]",
+                                          f"experiment={name}"])  # fmt: skip
+    composed = OmegaConf.to_container(cfg, resolve=True)
+    reference = composed.pop("reference")
+    mlflow.set_tracking_uri(uri)  # runs:/ URIs, whichever test ran before
+    recorded = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+    original = OmegaConf.to_container(OmegaConf.create(recorded), resolve=True)
+    return tracking.drop_machine_keys(composed), tracking.drop_machine_keys(original), reference

@@ -15,16 +15,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
 
-from fmnist_lab import export, tracking
+from fmnist_lab import export
 from fmnist_lab.data import load_splits
 from fmnist_lab.registry import register_champion
 from fmnist_lab.report.runs import pareto_flags
 
-from .conftest import free_port, run_cli
+from .conftest import exported_vs_trained, free_port, run_cli
 from .small_data import N_TEST
 from .test_train import assert_real_png
 
@@ -353,16 +351,10 @@ def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(s
         comments = [line for line in text.splitlines() if line.startswith("#")]
         assert len(comments) == 2  # the package line, then one line of provenance
         assert f"Trial {run.data.tags['optuna.trial']} of study" in comments[1]
-        with initialize_config_dir(config_dir=str(export.CONF), version_base="1.3"):
-            cfg = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path}]",
-                                              f"experiment={name}"])  # fmt: skip
-        composed = OmegaConf.to_container(cfg, resolve=True)
-        reference = composed.pop("reference")
-        recorded = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
-        original = OmegaConf.to_container(OmegaConf.create(recorded), resolve=True)
+        composed, original, reference = exported_vs_trained(out, name, run.info.run_id, uri)
         # `train experiment=<name>` trains what the finalist's seeds trained (on every training
         # image: no validation split), less the machine's folders, threads, store and seed.
-        assert tracking.drop_machine_keys(composed) == tracking.drop_machine_keys(original)
+        assert composed == original
         assert composed["data"]["val_size"] == 0
         accs = json.loads(run.data.tags["test_accs"])
         assert reference["params"] == run.data.metrics["params"]
@@ -376,14 +368,8 @@ def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(s
     for name, run in (("chosen_small", smallest), ("chosen_any", on_val)):
         text = (out / f"{name}.yaml").read_text()
         assert "before its seeds trained: fmnist-lab export --chosen" in text.splitlines()[1]
-        with initialize_config_dir(config_dir=str(export.CONF), version_base="1.3"):
-            cfg = compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path}]",
-                                              f"experiment={name}"])  # fmt: skip
-        composed = OmegaConf.to_container(cfg, resolve=True)
-        reference = composed.pop("reference")
-        recorded = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
-        original = OmegaConf.to_container(OmegaConf.create(recorded), resolve=True)
-        assert tracking.drop_machine_keys(composed) == tracking.drop_machine_keys(original)
+        composed, original, reference = exported_vs_trained(out, name, run.info.run_id, uri)
+        assert composed == original
         assert reference["test_acc"] is None
         assert reference["val_acc"] == pytest.approx(run.data.metrics["val_acc"], abs=1e-6)
 

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from fmnist_lab.sweep import fidelity
 from fmnist_lab.sweep.record import Record
 
+from .conftest import exported_vs_trained, run_cli
 from .test_chaos import sweep
 from .test_sweep import load, runs_by_role, stores
 
@@ -118,3 +119,14 @@ def test_two_workers_killed_mid_rung_finish_every_rung_once(real_sweep, capsys):
     again = [k for k, rec in records.items() if rec["attempt"] > 1]
     assert len(again) >= 1, records
     assert not (tmp_path / "outputs" / "sweeps" / "quick" / "checkpoints").exists()
+
+    # export --chosen, from the trials alone: the top rung's pick, with the config its
+    # finalist seed trained (the finalists' length, WSD decay and overrides on the trial's).
+    out = tmp_path / "experiment"
+    result = run_cli("fmnist_lab.export", "--study", "quick", "--tracking-uri", uri, "--out",
+                     str(out), "--chosen", "chosen=1e7", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (seed,) = runs_by_role(uri, "quick")["finalist_seed"]
+    composed, trained, reference = exported_vs_trained(out, "chosen", seed.info.run_id, uri)
+    assert composed == trained and composed["trainer"]["max_epochs"] == 4
+    assert reference["params"] == seed.data.metrics["params"] and reference["test_acc"] is None
