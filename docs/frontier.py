@@ -62,8 +62,8 @@ def public(dataset: str) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| source | model | params | epochs | test accuracy | hardware, date | command |",
-             "| --- | --- | ---: | ---: | ---: | --- | --- |"]  # fmt: skip
+    lines = ["| source | model | params | epochs | test accuracy | wall time | hardware, date | "
+             "command |", "| --- | --- | ---: | ---: | ---: | --- | --- | --- |"]  # fmt: skip
     for r in sorted(rows, key=lambda r: r["params"]):
         acc = f"{100 * r['mean']:.2f} %"
         if r["std"] is not None:
@@ -71,8 +71,8 @@ def table(rows: list[dict]) -> str:
         when = f"{r['hardware']}, {r['date']}" if r.get("hardware") else "-"
         command = f"`{r['command']}`" if r.get("command") else "-"
         lines.append(f"| {STYLE[r['source']][3]} | {r['name']} | "
-                     f"{r['params']:,} | {r.get('epochs') or '-'} | {acc} | {when} | "
-                     f"{command} |")  # fmt: skip
+                     f"{r['params']:,} | {r.get('epochs') or '-'} | {acc} | "
+                     f"{r.get('time') or '-'} | {when} | {command} |")  # fmt: skip
     return "\n".join(lines)
 
 
