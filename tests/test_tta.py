@@ -95,8 +95,10 @@ def test_cli_reproduces_the_logged_accuracy_and_logs_the_views(
             assert table_rows["mean of 2 runs", views][column] == pytest.approx(mean, abs=1e-4)
     rows = {views: table_rows[run_id, views] for views in ("none", "flip")}
     # The plain view is the model the run tested: same splits, same precision, same answers.
+    # (bf16: at most one of the 10,000 test images may tip the other way, in another
+    # process with another batch size; the table's 0.01 % resolution is that image.)
     assert rows["none"][0] == pytest.approx(logged["val_acc"], abs=1e-4)
-    assert rows["none"][1] == pytest.approx(logged["test_acc"], abs=1e-4)
+    assert rows["none"][1] == pytest.approx(logged["test_acc"], abs=1.5e-4)
     metrics = client.get_run(run_id).data.metrics
     assert metrics["val_acc_tta_flip"] == pytest.approx(rows["flip"][0], abs=1e-4)
     assert metrics["test_acc_tta_flip"] == pytest.approx(rows["flip"][1], abs=1e-4)
