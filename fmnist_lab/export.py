@@ -15,7 +15,8 @@ With `--chosen`, the trials the sweep chooses as finalists are exported before t
 trained (a search that ends in one sitting, whose long finalists train elsewhere or later:
 `reproduce NAME --seeds 3`, one process per seed): the same rule on the study's trials, and
 the training config the sweep would give their seeds, built from the trial's own
-`config.yaml`. Its `reference:` holds the validation accuracy it was chosen by, no test figure.
+`config.yaml`. Its `reference:` holds the validation accuracy it was chosen by
+(`chosen_val_acc`, measured as the search trains), no test figure.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def chosen_text(name: str, budget: int, pick: Chosen, study: str) -> str:
     reference = {
         "label": f"{name} (study {study}, trial {pick.trial})",
         "params": pick.params,
-        "val_acc": round(pick.val_acc, 6),
+        "chosen_val_acc": round(pick.val_acc, 6),  # not `val_acc`: a source's own figure
         "test_acc": None,
     }
     provenance = (f"Trial {pick.trial} of study '{study}' (run {pick.run_id}), chosen on "

@@ -371,7 +371,7 @@ def test_export_writes_a_finalist_as_an_experiment_that_composes_to_its_config(s
         composed, original, reference = exported_vs_trained(out, name, run.info.run_id, uri)
         assert composed == original
         assert reference["test_acc"] is None
-        assert reference["val_acc"] == pytest.approx(run.data.metrics["val_acc"], abs=1e-6)
+        assert reference["chosen_val_acc"] == pytest.approx(run.data.metrics["val_acc"], abs=1e-6)
 
     # Refusals: one line, exit 2, and no file written unless every budget has its finalist.
     for extra, message in [
