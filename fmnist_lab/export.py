@@ -97,7 +97,7 @@ def chosen(client: MlflowClient, study: str) -> list[Chosen]:
     from fmnist_lab.report.runs import study_parent
     from fmnist_lab.report.study import load_optuna_study
     from fmnist_lab.sweep import fidelity
-    from fmnist_lab.sweep.finalists import rerank_count, select_finalists
+    from fmnist_lab.sweep.finalists import rerank_count, seed_overrides, select_finalists
 
     parent = study_parent(client, study)
     optuna_study = load_optuna_study(parent, None)
@@ -113,10 +113,8 @@ def chosen(client: MlflowClient, study: str) -> list[Chosen]:
         raise UserError(f"study '{study}' chooses its finalists after a rerank; export them "
                         f"once they are trained (without --chosen)")  # fmt: skip
     fid = fidelity.of(spec)
-    extra = [*(fid.overrides(policy.epochs) if fid else []), *policy.overrides,
-             f"trainer.max_epochs={policy.epochs}"]  # fmt: skip
     settings = []
-    for item in extra:
+    for item in seed_overrides(spec):
         key, _, value = item.partition("=")
         if (CONF / key).is_dir():  # a config group: the trial's own must already be it
             if key != "scheduler" or value != "wsd" or fid is None:

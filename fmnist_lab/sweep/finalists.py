@@ -241,15 +241,22 @@ def seed_checkpoint(cfg: DictConfig, key: str,
     return path, owner if status != "FINISHED" else None
 
 
+def seed_overrides(spec: DictConfig) -> list[str]:
+    """What a finalist's seeds train with on top of their trial's overrides: with
+    sweep.fidelity the top rung's schedule (WSD) at the finalists' length, then
+    `finalists.overrides` and that length."""
+    policy, fid = spec.finalists, fidelity.of(spec)
+    return [*(fid.overrides(policy.epochs) if fid else []), *policy.overrides,
+            f"trainer.max_epochs={policy.epochs}"]  # fmt: skip
+
+
 def retrain(ctx: WorkerContext, study: optuna.Study, record: Record, t: FrozenTrial, key: str,
             rerank_val_acc: float | None) -> None:  # fmt: skip
     """One finalist: a run whose children are its seeds, each trained on all training images
     and tested once; seeds already done (by a killed attempt) move under the new run."""
     policy = ctx.spec.finalists
     fid = fidelity.of(ctx.spec)
-    # With sweep.fidelity, the top rung's schedule (WSD) at the finalists' length.
-    base = [*(fid.overrides(policy.epochs) if fid else []), *policy.overrides,
-            f"trainer.max_epochs={policy.epochs}", "runtime.progress_bar=false"]  # fmt: skip
+    base = [*seed_overrides(ctx.spec), "runtime.progress_bar=false"]
     cfg_t = ctx.trial_config(t.user_attrs["overrides"], *base)
     tags = {
         "role": "finalist",
