@@ -3,7 +3,9 @@ after every epoch, and the same command run again after a kill goes on from the 
 the same MLflow run, instead of starting over (docs/training.md#a-killed-training-resumes).
 
 What makes two commands "the same": the training's whole resolved config but `runtime` (how
-this machine trains, not what), and the tracking store and experiment it logs to. Its hash is
+this machine trains, not what) and a recipe's `reference:` (what it scored once: filling in a
+recipe's test figure while its seeds train does not orphan them), and the tracking store and
+experiment it logs to. Its hash is
 the run's tag `resume_key` and the checkpoint's name, `<runtime.checkpoints>/<key>.ckpt`
 (beside it `<key>.ckpt.json`, naming the run; fmnist_lab/continuation.py). A run with that tag
 that did not finish (RUNNING: its process was killed; KILLED: Ctrl-C) is the one to resume,
@@ -45,10 +47,11 @@ class Resume:
 
 
 def key(cfg: DictConfig) -> str:
-    """The training's identity: its resolved config but `runtime`, and where it is tracked."""
+    """The training's identity: its resolved config but `runtime` and `reference` (module
+    docstring), and where it is tracked."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.pop("runtime", None)
-    resolved.pop("hydra", None)
+    for outside in ("runtime", "hydra", "reference"):
+        resolved.pop(outside, None)
     tracked = {"uri": mlflow.get_tracking_uri(), "experiment": cfg.tracking.experiment}
     text = OmegaConf.to_yaml(OmegaConf.create({"cfg": resolved, "tracking": tracked}))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -146,3 +146,26 @@ def test_a_refused_training_records_nothing_by_looking_for_one_to_resume(small_d
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 1 and "cannot be built" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_resume_key_ignores_how_and_what_a_recipe_scored_not_what_it_trains(tracking_uri):
+    """A recipe's `reference:` (its test figure, filled in while its seeds still train) and
+    `runtime` leave the key as it is; the model, the seed or the store change it."""
+    from omegaconf import OmegaConf
+
+    from fmnist_lab.reproduce import run_config
+
+    def key(*overrides: str, uri: str = tracking_uri) -> str:
+        return resume.key(run_config("search_10k_cpu", 0, None, overrides, uri))
+
+    cfg = run_config("search_10k_cpu", 0, None, [], tracking_uri)
+    assert "reference" in cfg  # the recipe has the block the key must not see
+    base = key()
+    scored = run_config("search_10k_cpu", 0, None, [], tracking_uri)
+    OmegaConf.set_struct(scored, False)
+    scored.reference.test_acc = 0.9
+    assert resume.key(scored) == base
+    assert key("runtime.threads=2", "runtime.progress_bar=true") == base
+    assert key("model.dropout=0.3") != base
+    assert resume.key(run_config("search_10k_cpu", 1, None, [], tracking_uri)) != base
+    assert key(uri=tracking_uri + "-other") != base
