@@ -199,7 +199,7 @@ class Fidelity(Strict):
     decay: Annotated[Real, Field(gt=0, lt=1)] = 0.2
     warmup_epochs: Annotated[Real, Field(ge=0)] = 0.5
     # budgets: the search-efficiency benchmark's better rule (docs/benchmarks.md)
-    rule: Literal["nondominated", "budgets"] = "budgets"
+    rule: Literal["nondominated", "budgets", "targets"] = "budgets"
 
     @model_validator(mode="after")
     def _rungs(self) -> Fidelity:
@@ -242,6 +242,10 @@ class SweepFile(Strict):
             raise ValueError(f"sweep.fidelity.max_epochs={f.max_epochs} must be at most "
                              f"finalists.epochs={self.finalists.epochs}: finalists are chosen "
                              f"at the top rung and trained for that length")  # fmt: skip
+        if f.rule == "targets" and self.finalists.select != "budgets":
+            raise ValueError("sweep.fidelity.rule=targets promotes toward finalists.budgets: "
+                             f"it needs finalists.select=budgets, not "
+                             f"{self.finalists.select}")  # fmt: skip
         if self.finalists.rerank:
             raise ValueError(f"sweep.finalists.rerank={self.finalists.rerank} must be 0 with "
                              "sweep.fidelity: its top rung ranks at full length")  # fmt: skip

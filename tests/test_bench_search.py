@@ -13,6 +13,7 @@ from fmnist_lab.bench.search import (
     SIZES,
     STRATEGIES,
     Event,
+    best_within,
     curve,
     hypervolume,
     strategy_overrides,
@@ -45,6 +46,12 @@ def test_the_curve_counts_compute_and_only_top_length_results():
     assert to_reach(points, 0.9) is None
 
 
+def test_best_within_each_budget_counts_only_top_length_results():
+    events = [Event(0.0, 1, None, 500), Event(1.0, 9, 0.9, 1000), Event(2.0, 9, 0.8, 800),
+              Event(3.0, 9, 0.95, 10_000)]  # fmt: skip
+    assert best_within(events, [700, 5000, 20_000]) == {700: 0.0, 5000: 0.9, 20_000: 0.95}
+
+
 @pytest.mark.parametrize("name", STRATEGIES)
 @pytest.mark.parametrize("size", list(SIZES))
 def test_every_strategy_is_a_valid_sweep(name, size):
@@ -61,6 +68,8 @@ def test_every_strategy_is_a_valid_sweep(name, size):
     assert cfg.scheduler.decay_epochs == math.ceil(0.2 * top)  # the top rung's decay
     if name.startswith("asha"):
         assert cfg.sweep.fidelity.max_epochs == top
+        assert cfg.sweep.fidelity.rule == {"asha_budgets": "budgets", "asha_targets": "targets"
+                                           }.get(name, "nondominated")  # fmt: skip
         assert cfg.sweep.budget.compute_epochs == spec["budget"]
     else:
         assert cfg.sweep.fidelity is None and cfg.sweep.budget.epochs == top

@@ -113,6 +113,7 @@ def spec(**fid):
     ({"max_epochs": 30}, "sweep.fidelity.max_epochs=30 must be at most finalists.epochs=9"),
     ({"decay": 1.0}, "sweep.fidelity.decay"),
     ({"rule": "best"}, "sweep.fidelity.rule"),
+    ({"rule": "targets"}, "sweep.fidelity.rule=targets promotes toward finalists.budgets"),
 ])  # fmt: skip
 def test_a_fidelity_that_cannot_work_is_refused_in_one_sentence(change, says):
     with pytest.raises(UserError) as err:

@@ -7,14 +7,18 @@ Strategies, on the same study (sweeps/search_bench.yaml: space, data, schedule):
 - `asha`, `asha_random`: the multi-fidelity scheduler (`sweep.fidelity`, rungs min_epochs *
   eta^k), promoting by non-dominated sorting (MOASHA), new trials drawn by TPE from first-rung
   results, or at random as MOASHA pairs it;
-- `asha_budgets`: the scheduler promoting by the finalists' per-budget rule, TPE.
+- `asha_budgets`: the scheduler promoting by the finalists' per-budget rule, TPE;
+- `asha_targets`: the scheduler promoting toward the sweep's own finalist budgets
+  (`rule: targets`), TPE.
 
 Compute is counted in epochs over the trials' training images (every rung and decayed branch
 included); each run has the same budget (`--budget` epochs: a fixed-length strategy runs
 budget / max_epochs trials). The frontier counts only validation accuracies measured at
 `max_epochs` (a fixed-length trial's, a trial's top rung). Its hypervolume is taken in
 (validation error, log10 parameters), both minimised, from the reference point (0.5,
-log10(max_params)): a model under 50 % or over the size budget adds nothing.
+log10(max_params)): a model under 50 % or over the size budget adds nothing. Beside it, what
+a finalist is chosen by: per finalist budget of the study (`sweep.finalists.budgets`), the best
+validation accuracy at `max_epochs` within it.
 
 Each (strategy, repetition) is one sweep command in its own folder under `--out`, with its
 sampler seeded by the repetition; run again, the command resumes what is unfinished and
@@ -35,7 +39,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-STRATEGIES = ("random", "tpe", "asha", "asha_random", "asha_budgets")
+STRATEGIES = ("random", "tpe", "asha", "asha_random", "asha_budgets", "asha_targets")
+RULE = {"asha": "nondominated", "asha_random": "nondominated", "asha_budgets": "budgets",
+        "asha_targets": "targets"}  # fmt: skip
 SIZES = {
     # A 2-core CPU: about an hour for 4 strategies x 3 repetitions, two at a time.
     "cpu": {"max_epochs": 9, "min_epochs": 1, "eta": 3, "budget": 90, "max_params": 100_000,
@@ -58,9 +64,8 @@ def strategy_overrides(name: str, size: dict, budget: int, seed: int) -> list[st
               f"sweep.finalists.epochs={top}", "sweep.finalists.seeds=0",
               "registry.enabled=false", "workers=1", "runtime.progress_bar=false"]  # fmt: skip
     if name.startswith("asha"):
-        rule = "budgets" if name == "asha_budgets" else "nondominated"
         fid = (f"{{min_epochs:{size['min_epochs']},max_epochs:{top},eta:{size['eta']},"
-               f"rule:{rule}}}")  # fmt: skip
+               f"rule:{RULE[name]}}}")  # fmt: skip
         return [*common, f"sweep.fidelity={fid}", "sweep.budget.n_trials=100000",
                 f"sweep.budget.compute_epochs={budget}"]  # fmt: skip
     return [*common, f"sweep.budget.epochs={top}", f"sweep.budget.n_trials={budget // top}"]
@@ -129,6 +134,23 @@ def curve(evts: Sequence[Event], max_params: int) -> list[tuple[int, float, floa
             points.append((e.val_acc, e.params))
         out.append((spent, e.at - start, hypervolume(points, max_params)))
     return out
+
+
+def best_within(evts: Sequence[Event], budgets: Sequence[int]) -> dict[int, float]:
+    """Per budget, the best validation accuracy at the top length of a model within it (0.0:
+    none reached the top length within it)."""
+    top = [(e.val_acc, e.params) for e in evts if e.val_acc is not None and e.params is not None]
+    return {b: max((a for a, p in top if p <= b), default=0.0) for b in budgets}
+
+
+def study_budgets() -> list[int]:
+    """The benchmark study's finalist budgets (sweeps/search_bench.yaml)."""
+    from omegaconf import OmegaConf
+
+    from fmnist_lab.bench import CONF_DIR
+
+    spec = OmegaConf.load(Path(CONF_DIR) / "sweep" / "search_bench.yaml")
+    return list(spec.sweep.finalists.budgets)
 
 
 def to_reach(points: Sequence[tuple[int, float, float]], target: float) -> int | None:
@@ -210,11 +232,14 @@ def report(out: Path, strategies: Sequence[str], reps: int, size_name: str, budg
     curves: dict[str, list] = {}
     walls: dict[str, list[float]] = {}
     tops: dict[str, list[int]] = {}
+    budgets = study_budgets()
+    bests: dict[str, list[dict[int, float]]] = {}
     for name in strategies:
         for rep in range(reps):
             home = out / f"{name}-r{rep}"
             evts = events(load(home), size["max_epochs"])
             curves.setdefault(name, []).append(curve(evts, max_params))
+            bests.setdefault(name, []).append(best_within(evts, budgets))
             tops.setdefault(name, []).append(sum(e.val_acc is not None for e in evts))
             walls.setdefault(name, []).append(json.loads((home / "done").read_text())["wall_s"])
     finals = {n: [c[-1][2] if c else 0.0 for c in cs] for n, cs in curves.items()}
@@ -233,7 +258,19 @@ def report(out: Path, strategies: Sequence[str], reps: int, size_name: str, budg
         reach_text = f"{mean_std(reached)} ({len(reached)}/{len(reach)})" if reach else "-"
         print(f"{name:12s} {hv_text:>16s} {mean_std(tops[name]):>19s} {reach_text:>22s} "
               f"{mean_std(walls[name]):>14s}")  # fmt: skip
-        summary[name] = {"final_hv": hv, "epochs_to_tpe_final": reach, "wall_s": walls[name]}
+        summary[name] = {"final_hv": hv, "epochs_to_tpe_final": reach, "wall_s": walls[name],
+                         "best_within": {str(b): [r[b] for r in bests[name]]
+                                         for b in budgets}}  # fmt: skip
+    print(f"\nbest validation accuracy at {size['max_epochs']} epochs within each finalist "
+          "budget, mean +/- std over the repetitions (0: none within it)")  # fmt: skip
+    print(f"{'strategy':12s} " + " ".join(f"{f'<= {b:,}':>16s}" for b in budgets))
+    for name in strategies:
+        cells = []
+        for b in budgets:
+            accs = [100 * r[b] for r in bests[name]]
+            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            cells.append(f"{statistics.mean(accs):.2f} +/- {std:.2f}")
+        print(f"{name:12s} " + " ".join(f"{c:>16s}" for c in cells))
     (out / "summary.json").write_text(json.dumps({"target_hv": target, "budget": budget,
                                                   "strategies": summary}, indent=1))  # fmt: skip
     if plot:
@@ -249,7 +286,8 @@ def draw(curves: dict[str, list], target: float | None, budget: int, path: Path)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = {"random": "tab:gray", "tpe": "tab:blue", "asha": "tab:red",
-               "asha_random": "tab:orange", "asha_budgets": "tab:green"}  # fmt: skip
+               "asha_random": "tab:orange", "asha_budgets": "tab:green",
+               "asha_targets": "tab:purple"}  # fmt: skip
     for name, cs in curves.items():
         for i, c in enumerate(cs):
             xs = [0] + [p[0] for p in c]

@@ -39,6 +39,7 @@ class Fidelity:
     decay: float  # share of a rung's epochs that decay (at least one epoch)
     warmup_epochs: float  # the same for every rung, so a continuation matches
     rule: str  # promotion.RULES
+    budgets: tuple[int, ...] = ()  # sweep.finalists.budgets, which rule `targets` aims at
 
     @property
     def rungs(self) -> list[int]:
@@ -66,7 +67,9 @@ def of(spec: DictConfig) -> Fidelity | None:
     from fmnist_lab import settings  # its defaults are the one place they are written
 
     s = settings.Fidelity.model_validate(OmegaConf.to_container(f, resolve=True))
-    return Fidelity(s.min_epochs, s.max_epochs, s.eta, s.decay, s.warmup_epochs, s.rule)
+    budgets = tuple(spec.finalists.get("budgets") or ()) if "finalists" in spec else ()
+    return Fidelity(s.min_epochs, s.max_epochs, s.eta, s.decay, s.warmup_epochs, s.rule,
+                    budgets)  # fmt: skip
 
 
 def key(trial: int, epochs: int) -> str:
@@ -154,9 +157,10 @@ def _decide(study: optuna.Study, fidelity: Fidelity):
     lengths = fidelity.rungs
     for lower, upper in reversed(list(pairwise(lengths))):
         results = list(state.results[lower].values())
-        chosen = promotable(results, state.promoted(upper), fidelity.eta, fidelity.rule)
+        chosen = promotable(results, state.promoted(upper), fidelity.eta, fidelity.rule,
+                            fidelity.budgets)  # fmt: skip
         if chosen:
-            order = [r.trial for r in RULES[fidelity.rule](results)]
+            order = [r.trial for r in RULES[fidelity.rule](results, fidelity.budgets)]
             return chosen[0], upper, order.index(chosen[0]), len(results)
     return None
 

@@ -12,7 +12,11 @@ and parameters down; `rank` orders a rung's results by one of two rules:
   its accurate end;
 - `budgets` (the rule finalists are chosen by): by how many size budgets (each trial's own
   size and every larger one in the rung) a trial is the most accurate within, then by
-  accuracy.
+  accuracy;
+- `targets`: the sweep's own finalist budgets (`sweep.finalists.budgets`) take turns, each
+  its most accurate trial not yet ranked, smallest budget first; trials over every budget
+  last. Every size in a rung is a budget to `budgets`, so the best of the smallest models
+  wins most of them; `targets` spends promotions on the budgets a finalist will be chosen in.
 
 This module is arithmetic on results; the study records them (docs/run_state.md).
 """
@@ -81,7 +85,7 @@ def _epsilon_net(front: list[Result], span: tuple[float, float]) -> list[Result]
     return taken
 
 
-def rank_nondominated(results: Sequence[Result]) -> list[Result]:
+def rank_nondominated(results: Sequence[Result], budgets: Sequence[int] = ()) -> list[Result]:
     """MOASHA's order: front by front, each in epsilon-net order."""
     if not results:
         return []
@@ -91,7 +95,7 @@ def rank_nondominated(results: Sequence[Result]) -> list[Result]:
     return [r for front in fronts(results) for r in _epsilon_net(front, span)]
 
 
-def rank_budgets(results: Sequence[Result]) -> list[Result]:
+def rank_budgets(results: Sequence[Result], budgets: Sequence[int] = ()) -> list[Result]:
     """The finalists' order: a trial counts once for every budget (each size in the rung)
     within which it is the most accurate; more such budgets first, then accuracy."""
     budgets = sorted({r.params for r in results})
@@ -103,15 +107,38 @@ def rank_budgets(results: Sequence[Result]) -> list[Result]:
     return sorted(results, key=lambda r: (-wins[r.trial], -r.val_acc, r.params, r.trial))
 
 
-RULES: dict[str, Callable[[Sequence[Result]], list[Result]]] = {
+def rank_targets(results: Sequence[Result], budgets: Sequence[int] = ()) -> list[Result]:
+    """The finalists' `budgets` in turn, smallest first, each taking its most accurate trial
+    not yet taken, until none has one left; then the trials over every budget, most accurate
+    first."""
+
+    def by_accuracy(rs):
+        return sorted(rs, key=lambda r: (-r.val_acc, r.params, r.trial))
+
+    queues = [by_accuracy(r for r in results if r.params <= b) for b in sorted(set(budgets))]
+    order: list[Result] = []
+    taken: set[int] = set()
+    while any(queues):
+        for queue in queues:
+            while queue and queue[0].trial in taken:
+                queue.pop(0)
+            if queue:
+                order.append(queue.pop(0))
+                taken.add(order[-1].trial)
+    return order + by_accuracy(r for r in results if r.trial not in taken)
+
+
+RULES: dict[str, Callable[[Sequence[Result], Sequence[int]], list[Result]]] = {
     "nondominated": rank_nondominated,
     "budgets": rank_budgets,
+    "targets": rank_targets,
 }
 
 
 def promotable(results: Sequence[Result], promoted: set[int], eta: int,
-               rule: str = "nondominated") -> list[int]:  # fmt: skip
+               rule: str = "nondominated", budgets: Sequence[int] = ()) -> list[int]:  # fmt: skip
     """Trials of a rung that may go on now, best first: those in the top floor(n / eta) of
-    the `n` results so far by `rule`, less those already `promoted`."""
-    top = RULES[rule](results)[: len(results) // eta]
+    the `n` results so far by `rule` (`budgets`: the finalists', for `targets`), less those
+    already `promoted`."""
+    top = RULES[rule](results, budgets)[: len(results) // eta]
     return [r.trial for r in top if r.trial not in promoted]
