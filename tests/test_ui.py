@@ -112,11 +112,17 @@ CHART = """([x, y]) => {
 }"""
 
 
+@pytest.fixture
+def sync_api():
+    """Playwright, or the skip, before the sweep fixture spends a minute on a machine
+    without a browser."""
+    return playwright_or_skip()
+
+
 @pytest.mark.slow
 def test_a_fresh_browser_reaches_size_vs_accuracy_from_the_experiments_list(
-    swept, mlflow_ui, tmp_path
+    sync_api, swept, mlflow_ui, tmp_path
 ):
-    sync_api = playwright_or_skip()
     _, exp, roles = swept
     trials, finalists = roles["trial"], roles["finalist"]
     params = {r.info.run_name: r.data.metrics["params"] for r in trials + finalists}
