@@ -5,15 +5,14 @@ the same MLflow run, instead of starting over (docs/training.md#a-killed-trainin
 What makes two commands "the same": the training's whole resolved config but `runtime` (how
 this machine trains, not what) and a recipe's `reference:` (what it scored once: filling in a
 recipe's test figure while its seeds train does not orphan them), and the tracking store and
-experiment it logs to. Its hash is
-the run's tag `resume_key` and the checkpoint's name, `<runtime.checkpoints>/<key>.ckpt`
-(beside it `<key>.ckpt.json`, naming the run; fmnist_lab/continuation.py). A run with that tag
-that did not finish (RUNNING: its process was killed; KILLED: Ctrl-C) is the one to resume,
-from the checkpoint when the file names that run, else from its first epoch. A run that
-FAILED (an error, say a diverged loss) is not resumed: it would fail again the same way. The
-checkpoint is removed when its run finishes. While one process trains a key, it holds
-`<key>.lock`: a second process of the same command trains a run of its own, without a
-checkpoint.
+experiment it logs to. Its hash is the run's tag `resume_key` and the checkpoint's name,
+`<runtime.checkpoints>/<key>.ckpt` (beside it `<key>.ckpt.json`, naming the run;
+fmnist_lab/continuation.py). A run with that tag that did not finish (RUNNING: its process was
+killed; KILLED: Ctrl-C) is the one to resume, from the checkpoint when the file names that run,
+else from its first epoch. A run that FAILED (an error, say a diverged loss) is not resumed: it
+would fail again the same way. The checkpoint is removed when its run finishes. While one
+process trains a key, it holds `<key>.lock`: a second process of the same command trains a run
+of its own, without a checkpoint.
 """
 
 from __future__ import annotations

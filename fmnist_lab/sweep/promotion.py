@@ -98,10 +98,9 @@ def rank_nondominated(results: Sequence[Result], budgets: Sequence[int] = ()) ->
 def rank_budgets(results: Sequence[Result], budgets: Sequence[int] = ()) -> list[Result]:
     """The finalists' order: a trial counts once for every budget (each size in the rung)
     within which it is the most accurate; more such budgets first, then accuracy."""
-    budgets = sorted({r.params for r in results})
     wins = {r.trial: 0 for r in results}
-    for budget in budgets:
-        within = [r for r in results if r.params <= budget]
+    for size in sorted({r.params for r in results}):  # not the finalists' `budgets`
+        within = [r for r in results if r.params <= size]
         best = max(within, key=lambda r: (r.val_acc, -r.params, -r.trial))
         wins[best.trial] += 1
     return sorted(results, key=lambda r: (-wins[r.trial], -r.val_acc, r.params, r.trial))
