@@ -147,51 +147,46 @@ def test_the_cli_refuses_a_bad_fidelity_before_recording_anything(tmp_path, smal
     assert not (tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal").exists()
 
 
-def test_a_compute_budget_ends_a_scheduler_sweep(tmp_path, small_data):
-    # A real sweep on the small generated data: 100 trials allowed, 8 epochs of compute.
+def scheduler_sweep(tmp_path, small_data, *overrides: str) -> tuple[object, optuna.Study]:
+    """A real scheduler sweep (sweep=quick) on the small generated data: 100 trials allowed,
+    8 epochs of compute, rungs of 1, 2 and 4 epochs; its CLI result and its study."""
     result = run_cli(
         "fmnist_lab.sweep", "sweep=quick", *small_data.cfg_overrides(),
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "data.val_size=500",
         "sweep.budget.train_fraction=0.05", "sweep.budget.n_trials=100",
         "sweep.budget.compute_epochs=8", "sweep.fidelity={min_epochs:1,max_epochs:4,eta:2}",
         "sweep.finalists.epochs=4", "sweep.finalists.seeds=0", "registry.enabled=false",
-        cwd=tmp_path,
+        *overrides, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "rung 2ep val_acc" in result.stdout
     journal = tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal"
     study = optuna.load_study(study_name="quick", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))))  # fmt: skip
+    return result, study
+
+
+def test_a_compute_budget_ends_a_scheduler_sweep(tmp_path, small_data):
+    _, study = scheduler_sweep(tmp_path, small_data)
     cfg = OmegaConf.create({"sweep": {"budget": {"epochs": 2, "compute_epochs": 8},
                                       "fidelity": {"min_epochs": 1, "max_epochs": 4,
                                                    "eta": 2}}})  # fmt: skip
     spent = fidelity.epochs_spent(study, cfg.sweep)
     # Work starts only below the cap; the last piece may run past it by its own length.
     assert 8 <= spent < 8 + 4 and len(study.trials) < 100
-    assert "rung 2ep val_acc" in result.stdout
 
 
 def test_a_one_budget_sweep_searches_for_accuracy_within_its_budget(tmp_path, small_data):
-    # sweeps/min_params_20k_cpu.yaml's shape on the small generated data: one objective
-    # (validation accuracy), the budget as a hard limit, promotions by `targets`, a compute cap.
-    result = run_cli(
-        "fmnist_lab.sweep", "sweep=quick", *small_data.cfg_overrides(),
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "data.val_size=500",
-        "sweep.objectives=[{metric:val_acc,direction:maximize}]",
-        "sweep.constraints.max_params=8000", "sweep.budget.train_fraction=0.05",
-        "sweep.budget.n_trials=100", "sweep.budget.compute_epochs=8",
-        "sweep.fidelity={min_epochs:1,max_epochs:4,eta:2,rule:targets}",
+    # sweeps/min_params_20k_cpu.yaml's shape: one objective (validation accuracy), the budget
+    # a hard limit, promotions by `targets`, a compute cap.
+    _, study = scheduler_sweep(
+        tmp_path, small_data, "sweep.objectives=[{metric:val_acc,direction:maximize}]",
+        "sweep.constraints.max_params=8000", "++sweep.fidelity.rule=targets",
         "sweep.finalists.select=budgets", "+sweep.finalists.budgets=[8000]",
-        "sweep.finalists.seeds=0", "sweep.finalists.epochs=4", "registry.enabled=false",
-        cwd=tmp_path,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    journal = tmp_path / "outputs" / "sweeps" / "quick" / "optuna.journal"
-    study = optuna.load_study(study_name="quick", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal))))  # fmt: skip
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done and all(len(t.values) == 1 and t.user_attrs["params"] <= 8000 for t in done)
     # Over-budget draws end before training, pruned: TPE counts them among its worst.
     over = [t for t in study.trials if (t.user_attrs.get("params") or 0) > 8000]
     assert over and all(t.state == optuna.trial.TrialState.PRUNED for t in over)
-    assert "rung 2ep val_acc" in result.stdout
