@@ -47,8 +47,10 @@ train: venv
 	$(CLI) train trainer.max_epochs=3 $(ARGS)
 
 ## Lint, then the whole test suite (real data, real MLflow stores; CPU only). docs/testing.md
+## Its files run side by side on TEST_WORKERS processes (one per core; 0: one process).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: venv lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## Lint, then the fast tier: unit tests on small generated data, no services (about 3 min).
 test-fast: venv lint
