@@ -47,11 +47,8 @@ train: venv
 	$(CLI) train trainer.max_epochs=3 $(ARGS)
 
 ## Lint, then the whole test suite (real data, real MLflow stores; CPU only). docs/testing.md
-## TEST_WORKERS=N runs its files side by side on N processes (0, the default: one process;
-## on 2 cores, 2 were no faster: docs/testing.md).
-TEST_WORKERS ?= 0
 test: venv lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Lint, then the fast tier: unit tests on small generated data, no services (about 3 min).
 test-fast: venv lint

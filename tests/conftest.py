@@ -73,19 +73,11 @@ def working_tree() -> set[str] | None:
     return set(result.stdout.splitlines()) if result.returncode == 0 else None
 
 
-def is_worker(config) -> bool:
-    """A pytest-xdist worker: the controller, which outlives them all, checks the tree."""
-    return hasattr(config, "workerinput")
-
-
 def pytest_sessionstart(session) -> None:
-    if not is_worker(session.config):
-        session.config.stash[TREE_KEY] = working_tree()
+    session.config.stash[TREE_KEY] = working_tree()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    if is_worker(session.config):
-        return
     before = session.config.stash.get(TREE_KEY, None)
     after = working_tree()
     if before is None or after is None:
